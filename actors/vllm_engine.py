@@ -1,0 +1,119 @@
+"""One vLLM engine as a callable class: the model loads in __init__, __call__ takes a batch.
+
+Request rows carry `prompt` (raw text) or `messages` (JSON list of chat messages; the model's chat
+template is applied) and `sampling` (JSON of vLLM SamplingParams fields, plus `choice` for a
+structured-output choice). Every other column passes through. The engine returns one row per sample
+(`n` samples per prompt) with `text`, `finish_reason`, `prompt_tokens`, `output_tokens`,
+`sample_index` and `error` (empty when the generation succeeded).
+
+A prompt longer than the context is returned with an error instead of failing the batch, and if
+vLLM rejects a batch we retry row by row, so one bad prompt never fails the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+
+OUTPUT_COLUMNS = ["text", "finish_reason", "prompt_tokens", "output_tokens", "sample_index", "error"]
+
+
+def cpu_env() -> dict:
+    """Environment for a fast in-process vLLM start on the CPU (no engine subprocess)."""
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class VLLMEngine:
+    def __init__(self, model: str, max_model_len: int = 2048, engine_kwargs: dict | None = None,
+                 cpu_kvcache_gb: int = 1):
+        for k, v in cpu_env().items():
+            os.environ.setdefault(k, v)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gb))
+        from vllm import LLM  # imported here: ~10 s, and only engine processes need it
+
+        self.max_model_len = max_model_len
+        self.llm = LLM(model=model, max_model_len=max_model_len, **(engine_kwargs or {}))
+        self.tokenizer = self.llm.get_tokenizer()
+
+    # -- request preparation -------------------------------------------------------------
+    def _token_ids(self, r: dict) -> list[int]:
+        messages = r.get("messages") or ""
+        if messages:
+            text = self.tokenizer.apply_chat_template(
+                json.loads(messages), tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(r.get("prompt") or "", add_special_tokens=False)
+
+    def _params(self, sampling: dict, prompt_len: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        s = dict(sampling)
+        choice = s.pop("choice", None)
+        # Never ask for more tokens than the context has left: vLLM would reject the request.
+        s["max_tokens"] = max(1, min(s.get("max_tokens", 256), self.max_model_len - prompt_len))
+        if choice:
+            s["structured_outputs"] = StructuredOutputsParams(choice=list(choice))
+        return SamplingParams(**s)
+
+    # -- generation ----------------------------------------------------------------------
+    def _run(self, reqs: list[tuple[int, list[int], object]]) -> dict[int, object]:
+        outs = self.llm.generate([{"prompt_token_ids": ids} for _, ids, _ in reqs],
+                                 [p for _, _, p in reqs], use_tqdm=False)
+        return {i: o for (i, _, _), o in zip(reqs, outs)}
+
+    def generate_rows(self, rows: list[dict]) -> list[dict]:
+        reqs, errors = [], {}
+        for i, r in enumerate(rows):
+            try:
+                ids = self._token_ids(r)
+                if len(ids) >= self.max_model_len:
+                    raise ValueError(f"prompt_too_long: {len(ids)} tokens >= max_model_len {self.max_model_len}")
+                reqs.append((i, ids, self._params(json.loads(r.get("sampling") or "{}"), len(ids))))
+            except Exception as e:  # bad row: reported on that row only
+                errors[i] = (f"{type(e).__name__}: {e}" if not str(e).startswith("prompt_too_long") else str(e))
+        results = {}
+        if reqs:
+            try:
+                results = self._run(reqs)
+            except Exception:
+                for req in reqs:  # isolate the row vLLM refuses
+                    try:
+                        results.update(self._run([req]))
+                    except Exception as e:
+                        errors[req[0]] = f"{type(e).__name__}: {e}"
+        out = []
+        for i, r in enumerate(rows):
+            if i in errors or i not in results:
+                out.append({**r, "text": "", "finish_reason": "error", "prompt_tokens": 0,
+                            "output_tokens": 0, "sample_index": 0, "error": errors.get(i, "no result")})
+                continue
+            o = results[i]
+            for k, c in enumerate(o.outputs):
+                out.append({**r, "text": c.text, "finish_reason": str(c.finish_reason),
+                            "prompt_tokens": len(o.prompt_token_ids),
+                            "output_tokens": len(c.token_ids), "sample_index": k, "error": ""})
+        return out
+
+    def __call__(self, batch: pa.Table | dict) -> pa.Table:
+        rows = batch.to_pylist() if isinstance(batch, pa.Table) else _dict_rows(batch)
+        return pa.Table.from_pylist(self.generate_rows(rows))
+
+    generate_batch = __call__  # the method name long-lived actors are called by (see engine_client)
+
+    def claim(self, pass_id: str, client: str) -> bool:
+        """Bind one Ray Data client per engine per pass (actor calls run one at a time)."""
+        if getattr(self, "_claim", (None, None))[0] != pass_id:
+            self._claim = (pass_id, client)
+        return self._claim == (pass_id, client)
+
+
+def _dict_rows(batch: dict) -> list[dict]:
+    keys = list(batch)
+    n = len(batch[keys[0]]) if keys else 0
+    return [{k: _plain(batch[k][i]) for k in keys} for i in range(n)]
+
+
+def _plain(v):
+    return v.tolist() if hasattr(v, "tolist") else v

@@ -1,0 +1,289 @@
+"""Near-dedup benchmark: seedforge's Ray Data MinHash LSH vs. single-process datasketch.
+
+    python bench/dedup.py --rows 100000 1000000
+
+For each size it writes a corpus of instruction-like rows with planted near duplicates (word
+edits, case and punctuation changes, swapped sentences) to Parquet, then on the same files runs
+  - ours: read_parquet -> dedup.add_keys -> dedup.near_dedup (signatures, LSH buckets, verification,
+    connected components, split), on a local Ray cluster of --cpus CPUs, results materialized;
+  - baseline: one process reads the Parquet with pyarrow, and per row builds datasketch.MinHash
+    with update() per shingle, queries a MinHashLSH and inserts the row (a row is a duplicate
+    when the query finds an earlier row). Above --baseline-max rows it runs on a sample of whole
+    planted groups, and says so.
+Both use the same shingles (word 3-grams of the normalised text), threshold, num_perm and LSH
+bands/rows. Truth: exact Jaccard of shingle sets >= threshold between rows of a planted group,
+connected components, all but the smallest id are duplicates (rows of different groups are
+random text). Peak memory is the largest sum of PSS over the process tree (driver, raylet, GCS,
+workers; PSS counts the shared object store once), sampled every 0.5 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines import minhash  # noqa: E402
+
+COLS = ["instruction", "input", "output"]
+TEMPLATES = ["Explain {} in simple terms.", "Write a short story about {}.", "Summarize the text about {}.",
+             "Give three tips for {}.", "Classify the sentiment of this review of {}.",
+             "Translate the following sentence about {} into French.", "What are the pros and cons of {}?",
+             "Rewrite the paragraph about {} in a formal tone.", "List five facts about {}.",
+             "Generate a question a student might ask about {}."]
+
+
+class PeakMemory:
+    """Largest sum of PSS over this process and its descendants, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me, total = psutil.Process(), 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.Error, OSError):
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+# ---- corpus --------------------------------------------------------------------------------------
+
+def _vary(rng: random.Random, words: list[str], row: dict) -> dict:
+    kind = rng.random()
+    out = dict(row)
+    if kind < 0.55:  # word edits in the output: 1-3 usually, 6 or 10 sometimes (mostly below the threshold)
+        w = row["output"].split()
+        for _ in range(rng.choice([1, 1, 2, 2, 3, 3, 6, 10])):
+            i = rng.randrange(len(w))
+            op = rng.random()
+            if op < 0.6:
+                w[i] = rng.choice(words)
+            elif op < 0.8:
+                w.insert(i, rng.choice(words))
+            elif len(w) > 5:
+                del w[i]
+        out["output"] = " ".join(w)
+    elif kind < 0.8:  # case and punctuation
+        out = {k: (v.upper() if rng.random() < 0.5 else v.lower()).replace(".", "!").replace(",", " ,")
+               for k, v in row.items()}
+    else:  # two sentences swapped
+        s = re.split(r"(?<=[.!]) ", row["output"])
+        if len(s) > 1:
+            i = rng.randrange(len(s) - 1)
+            s[i], s[i + 1] = s[i + 1], s[i]
+        out["output"] = " ".join(s)
+    return out
+
+
+def make_corpus(n: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
+    """n rows (id, instruction, input, output) and their planted group numbers."""
+    rng, nrng = random.Random(seed), np.random.default_rng(seed)
+    vocab = [f"{''.join(rng.choice('bcdfghklmnprstvz') + rng.choice('aeiou') for _ in range(rng.randint(1, 4)))}"
+             for _ in range(30000)]
+    zipf = 1 / np.arange(1, len(vocab) + 1) ** 0.8
+    zipf /= zipf.sum()
+    pool: list[int] = []
+
+    def words(k):
+        if len(pool) < k:
+            pool.extend(nrng.choice(len(vocab), size=1 << 20, p=zipf).tolist())
+        return " ".join(vocab[pool.pop()] for _ in range(k))
+    rows, groups, g = [], [], 0
+    while len(rows) < n:
+        row = {"instruction": rng.choice(TEMPLATES).format(words(rng.randint(1, 3))) + " " + words(rng.randint(0, 6)),
+               "input": words(rng.randint(10, 25)) if rng.random() < 0.4 else "",
+               "output": ". ".join(words(rng.randint(8, 18)) for _ in range(rng.randint(3, 6))) + "."}
+        rows.append(row)
+        groups.append(g)
+        if rng.random() < 0.25:
+            for _ in range(rng.choice([1, 1, 1, 2, 3])):
+                if len(rows) < n:
+                    rows.append(_vary(rng, vocab, rows[-1] if rng.random() < 0.3 else row))
+                    groups.append(g)
+        g += 1
+    order = nrng.permutation(n)  # ids random w.r.t. group order
+    ids = [f"{x:016x}" for x in nrng.integers(0, 2 ** 63, n)]
+    table = pa.table({"id": [ids[i] for i in range(n)], **{c: [rows[i][c] for i in order] for c in COLS}})
+    return table, np.asarray(groups)[order]
+
+
+def truth(table: pa.Table, groups: np.ndarray, threshold: float) -> tuple[set, list]:
+    """Ids brute force removes (exact Jaccard within planted groups -> components), and pair Jaccards."""
+    ids, texts = table["id"].to_pylist(), list(zip(*(table[c].to_pylist() for c in COLS)))
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(groups.tolist()):
+        by_group.setdefault(g, []).append(i)
+    removed, sims = set(), []
+    for members in by_group.values():
+        if len(members) < 2:
+            continue
+        sets = {ids[i]: set(minhash.shingles(minhash.normalize(" ".join(texts[i])))) for i in members}
+        parent = {k: k for k in sets}
+
+        def find(x):
+            while parent[x] != x:
+                x = parent[x]
+            return x
+        keys = sorted(sets)
+        for a in range(len(keys)):
+            for b in range(a + 1, len(keys)):
+                j = len(sets[keys[a]] & sets[keys[b]]) / max(1, len(sets[keys[a]] | sets[keys[b]]))
+                sims.append(j)
+                if j >= threshold:
+                    ra, rb = find(keys[a]), find(keys[b])
+                    parent[max(ra, rb)] = min(ra, rb)
+        removed |= {k for k in keys if find(k) != k}
+    return removed, sims
+
+
+def score(pred: set, true: set) -> tuple[float, float]:
+    hit = len(pred & true)
+    return hit / max(1, len(true)), hit / max(1, len(pred))
+
+
+# ---- the two methods ------------------------------------------------------------------------------
+
+def run_ours(path: Path, cfg) -> tuple[set, float, int, dict]:
+    import ray
+    from pipelines import dedup
+
+    with PeakMemory() as mem:
+        t0 = time.time()
+        ds = ray.data.read_parquet(str(path)).map_batches(dedup.add_keys, fn_kwargs={"columns": COLS},
+                                                           batch_format="pyarrow")
+        kept, dups, stats = dedup.near_dedup(ds, cfg, COLS)
+        dups = dups.materialize()
+        secs = time.time() - t0
+    removed = {r["id"] for r in dups.select_columns(["id"]).take_all()}
+    return removed, secs, mem.peak, stats
+
+
+def run_baseline(path: Path, keep_ids: set | None, threshold: float, num_perm: int, params) -> tuple[set, float, int, int]:
+    from datasketch import MinHash, MinHashLSH
+
+    with PeakMemory() as mem:
+        t0 = time.time()
+        table = pq.read_table(path, columns=["id", *COLS])
+        if keep_ids is not None:
+            table = table.filter(pa.array([i in keep_ids for i in table["id"].to_pylist()]))
+        table = table.sort_by("id")
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=params)
+        removed = set()
+        for row in table.to_pylist():
+            m = MinHash(num_perm=num_perm)
+            for s in minhash.shingles(minhash.normalize(" ".join(row[c] for c in COLS))):
+                m.update(s)
+            if lsh.query(m):
+                removed.add(row["id"])
+            lsh.insert(row["id"], m)
+        secs = time.time() - t0
+    return removed, secs, mem.peak, table.num_rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--threshold", type=float, default=0.7)
+    ap.add_argument("--num-perm", type=int, default=128)
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster (ours)")
+    ap.add_argument("--baseline-max", type=int, default=100_000, help="sample the baseline above this many rows")
+    ap.add_argument("--workdir", default="/tmp/seedforge-bench-dedup")
+    args = ap.parse_args(argv)
+
+    import ray
+    from pipelines.config import MinHashConfig
+
+    cfg = MinHashConfig(threshold=args.threshold, num_perm=args.num_perm)
+    params = minhash.lsh_params(cfg.threshold, cfg.num_perm)
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    print(f"threshold {cfg.threshold}, num_perm {cfg.num_perm}, LSH bands x rows {params}, word 3-grams; "
+          f"ours on {args.cpus} Ray CPUs, baseline on 1 core; host has {os.cpu_count()} cores", flush=True)
+    work = Path(args.workdir)
+    results = {}
+    for n in [1000, *args.rows]:  # 1000: warm-up (starts Ray's worker pools), not reported
+        d = work / str(n)
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        t0 = time.time()
+        table, groups = make_corpus(n, seed=n)
+        for i, s in enumerate(range(0, n, max(1, n // 10))):
+            pq.write_table(table.slice(s, max(1, n // 10)), d / f"shard-{i:03d}.parquet")
+        true, sims = truth(table, groups, cfg.threshold)
+        gen = time.time() - t0
+        ours, o_secs, o_mem, stats = run_ours(d, cfg)
+        if n == 1000:
+            continue
+        sample = None
+        if n > args.baseline_max:  # whole planted groups, ~baseline_max rows
+            k = n / args.baseline_max
+            keep = (groups % max(1, round(k))) == 0
+            sample = set(np.asarray(table["id"].to_pylist())[keep].tolist())
+        base, b_secs, b_mem, b_rows = run_baseline(d, sample, cfg.threshold, cfg.num_perm, params)
+        b_true = true if sample is None else true & sample
+        r_o, p_o = score(ours, true)
+        r_b, p_b = score(base, b_true)
+        sims = np.asarray(sims)
+        pos = sims[sims >= cfg.threshold]
+        print(f"\n== {n:,} rows: corpus made in {gen:.0f}s; {len(true):,} true duplicates; planted pairs at "
+              f"J>=t: {len(pos):,} (J in [t,0.8): {np.mean(pos < 0.8):.0%}, [0.8,0.9): "
+              f"{np.mean((pos >= 0.8) & (pos < 0.9)):.0%}, >=0.9: {np.mean(pos >= 0.9):.0%}); below t: "
+              f"{int((sims < cfg.threshold).sum()):,}", flush=True)
+        print(f"   ours stats: {stats}")
+        o_rate, b_rate = n / o_secs, b_rows / b_secs
+        print(f"   {'method':<9} {'rows':>9} {'seconds':>8} {'rows/s':>8} {'cores':>5} {'rows/s/core':>11} "
+              f"{'peak GiB':>8} {'recall':>6} {'precision':>9}")
+        print(f"   {'ours':<9} {n:>9,} {o_secs:>8.1f} {o_rate:>8.0f} {args.cpus:>5} {o_rate / args.cpus:>11.0f} "
+              f"{o_mem / 2 ** 30:>8.2f} {r_o:>6.3f} {p_o:>9.3f}")
+        print(f"   {'baseline':<9} {b_rows:>9,} {b_secs:>8.1f} {b_rate:>8.0f} {1:>5} {b_rate:>11.0f} "
+              f"{b_mem / 2 ** 30:>8.2f} {r_b:>6.3f} {p_b:>9.3f}"
+              + (f"   (baseline on a sample of whole planted groups: {b_rows:,} of {n:,} rows)" if sample else ""))
+        ratio = (o_rate / args.cpus) / b_rate
+        print(f"   per-core speed-up: {ratio:.1f}x", flush=True)
+        results[n] = dict(secs_per_row=o_secs / n, ratio=ratio, mem=o_mem, recall=r_o, precision=p_o)
+    if len(results) >= 2:
+        lo, hi = min(results), max(results)
+        growth = results[hi]["secs_per_row"] / results[lo]["secs_per_row"]
+        print(f"\ntime per row at {hi:,} / at {lo:,}: {growth:.2f}x")
+    print("\ntargets: >=5x baseline rows/s per core, recall & precision >= 0.95, time per row at 1M within "
+          "1.3x of 100k, peak memory < 8 GiB at 1M")
+    for n, r in results.items():
+        print(f"   {n:>9,}: speed-up {r['ratio']:.1f}x {'ok' if r['ratio'] >= 5 else 'MISSED'}; recall "
+              f"{r['recall']:.3f} precision {r['precision']:.3f} "
+              f"{'ok' if min(r['recall'], r['precision']) >= 0.95 else 'MISSED'}; peak {r['mem'] / 2 ** 30:.2f} GiB "
+              f"{'ok' if r['mem'] < 8 * 2 ** 30 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

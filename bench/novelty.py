@@ -1,0 +1,256 @@
+"""Benchmark: seedforge's novelty filter vs the Self-Instruct reference (rouge-score, all pairs).
+
+    python bench/novelty.py --sizes 10000 50000 200000
+
+Per N: the 175 seed tasks form the pool; N generated instructions are streamed through
+filter_novel (threshold 0.7), then a probe batch of --probe new candidates is filtered against the
+pool of that size. The reference is Self-Instruct's loop: for each candidate, a multiprocessing Pool
+maps `partial(scorer.score, candidate)` over every pool instruction (+ those kept earlier in the
+batch) and drops it if max F > 0.7. It runs on the same candidates against the same pool state,
+in full when that takes under --ref-budget seconds, else on an evenly spaced sample with
+the total extrapolated from its measured cost per pair (flagged "~" / "sample" in the table).
+Differing = reference (kept, best score, most similar) != ours, over every candidate it ran on.
+
+Instructions: imperative openers + a word-bigram chain over the Self-Instruct data in
+/work/shared/data/self-instruct (built-in word lists without it), rare "entity" words from a Zipf
+law over a 10^6 pseudo-word lexicon (vocabulary keeps growing with N, as in real data), ~25%
+near-paraphrases of earlier instructions (word drops/inserts/swaps/substitutions, case, punctuation)
+and ~2% exact repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rouge_score import rouge_scorer  # noqa: E402
+
+from pipelines.novelty import NoveltyIndex, filter_novel  # noqa: E402
+
+DATA = Path(os.environ.get("SELF_INSTRUCT_DATA", "/work/shared/data/self-instruct"))
+OPENERS = ["Write", "Generate", "Give me", "Explain", "Create", "List", "Describe", "Find",
+           "Classify", "Summarize", "Rewrite", "Translate", "Suggest", "Tell me", "Given",
+           "What is", "How can I", "Identify", "Come up with", "Make a list of", "Design",
+           "Compose", "Provide", "Compare", "Convert", "Write a function that", "Plan"]
+FALLBACK = ("a the of to and in for with about that is on your this an by from as be it can "
+            "write story poem email essay list reasons steps tips way ways people time day new "
+            "first best simple short long good make use work find help need text sentence word "
+            "following given input output example question answer data python code function "
+            "number numbers string table user product customer company team project plan "
+            "city country food health money school student teacher book movie music game").split()
+SYL = ["ka", "lo", "mi", "ver", "tan", "shu", "re", "gol", "pi", "dra", "nex", "ul", "bo", "sen",
+       "tri", "za", "quo", "fi", "mar", "el", "os", "wen", "ti", "cra", "ju", "pha", "ni", "dor"]
+
+
+def seeds_and_corpus() -> tuple[list[str], list[str]]:
+    seeds, sents = [], []
+    def add(t):
+        sents.extend(s for s in t.replace("\n", ". ").split(". ") if len(s.split()) >= 3)
+    if (DATA / "seed_tasks.jsonl").exists():
+        for line in open(DATA / "seed_tasks.jsonl"):
+            d = json.loads(line)
+            seeds.append(d["instruction"])
+            add(d["instruction"])
+            for i in d["instances"]:
+                add(i["input"]); add(i["output"])
+        for f in [DATA / "user_oriented_instructions.jsonl", *sorted((DATA / "human_eval").glob("*.jsonl"))]:
+            for line in open(f):
+                d = json.loads(line)
+                for key in ("instruction", "input", "response", "target"):
+                    add(d.get(key) or "")
+    if not seeds:
+        r = random.Random(0)
+        seeds = [f"{r.choice(OPENERS)} " + " ".join(r.choices(FALLBACK, k=r.randint(5, 15)))
+                 for _ in range(175)]
+        sents = [" ".join(random.Random(k).choices(FALLBACK, k=20)) for k in range(2000)]
+    return seeds, sents
+
+
+class Generator:
+    def __init__(self, corpus: list[str], seed: int = 0):
+        self.rng = random.Random(seed)
+        self.next: dict[str, list[str]] = defaultdict(list)
+        for s in corpus:
+            w = s.split()
+            for a, b in zip(w, w[1:]):
+                self.next[a.lower()].append(b)
+        self.starts = [s.split()[0] for s in corpus]
+        self.out: list[str] = []
+
+    def entity(self) -> str:
+        k = int(self.rng.paretovariate(0.4)) % 1_000_000  # Zipf-like rank
+        w = ""
+        while True:
+            w += SYL[k % len(SYL)]
+            k //= len(SYL)
+            if not k:
+                return w.capitalize()
+
+    def fresh(self) -> str:
+        r = self.rng
+        words = r.choice(OPENERS).split()
+        n = max(4, int(r.lognormvariate(2.65, 0.45)))
+        while len(words) < n:
+            nxt = self.next.get(words[-1].lower())
+            w = r.choice(nxt) if nxt else r.choice(self.starts).lower()
+            words.append(self.entity() if len(w) > 3 and r.random() < 0.25 else w)
+        return " ".join(words).rstrip(".,;:") + r.choice([".", ".", ".", "?", ":", ""])
+
+    def paraphrase(self, src: str) -> str:
+        r, w = self.rng, src.split()
+        for _ in range(r.choice([1, 1, 2, 2, 3, 4])):
+            op = r.random()
+            if op < 0.25 and len(w) > 3:
+                del w[r.randrange(len(w))]
+            elif op < 0.5:
+                w.insert(r.randrange(len(w) + 1), r.choice(self.next.get(r.choice(w).lower()) or w))
+            elif op < 0.65 and len(w) > 2:
+                i = r.randrange(len(w) - 1)
+                w[i], w[i + 1] = w[i + 1], w[i]
+            elif op < 0.9:
+                w[r.randrange(len(w))] = r.choice(self.next.get(r.choice(w).lower()) or w)
+            else:
+                w = [x.lower() if r.random() < 0.5 else x.upper() for x in w]
+        return " ".join(w).replace(" ,", ",") + r.choice(["", "!", "."])
+
+    def make(self, n: int) -> list[str]:
+        res = []
+        for _ in range(n):
+            u = self.rng.random()
+            if self.out and u < 0.02:
+                t = self.rng.choice(self.out)
+            elif self.out and u < 0.27:
+                t = self.paraphrase(self.rng.choice(self.out[-5000:] if u < 0.15 else self.out))
+            else:
+                t = self.fresh()
+            self.out.append(t)
+            res.append(t)
+        return res
+
+
+_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def _ref_one(workers, pool: list[str], cand: str, thr: float):
+    """Self-Instruct: rouge_scores = p.map(partial(scorer.score, inst), all_instructions);
+    dropped if max > thr. Most similar = first instruction at the max."""
+    scores = [s["rougeL"].fmeasure for s in workers.map(partial(_SCORER.score, cand), pool)]
+    best = max(scores, default=0.0)
+    return best <= thr, best, (pool[scores.index(best)] if pool else "")
+
+
+def reference(workers, pool0, cands, ours, thr, budget):
+    """The reference on candidates (in an order spread evenly over the batch), each against pool0
+    plus the candidates kept before it; in full if that is estimated under 10 minutes, else until
+    `budget` seconds. Returns the reference results by index, seconds, pairs run, all pairs."""
+    before, n = [], len(pool0)
+    for k, _, _ in ours:
+        before.append(n)
+        n += k
+    kept = [c for (k, _, _), c in zip(ours, cands) if k]
+    total, res, pairs, t0 = sum(before), {}, 0, time.perf_counter()
+    for i in _spread(len(cands)):
+        res[i] = _ref_one(workers, pool0 + kept[:before[i] - len(pool0)], cands[i], thr)
+        pairs += before[i]
+        el = time.perf_counter() - t0
+        if el > budget and el / pairs * total > 600:
+            break
+    return res, time.perf_counter() - t0, pairs, total
+
+
+def _spread(n):
+    """0..n-1 in an order whose every prefix is spread evenly over the range."""
+    seen, step = set(), 1 << max(0, (n - 1).bit_length())
+    while step:
+        for i in range(0, n, step):
+            if i not in seen:
+                seen.add(i)
+                yield i
+        step //= 2
+
+
+def compare(ref, ours):
+    """(differing decisions, differing (kept, score, most similar) rows, kept rows with the exact
+    score) over the candidates the reference ran on."""
+    dec = sum(ref[i][0] != ours[i][0] for i in ref)
+    rows = sum(ref[i] != ours[i] for i in ref)
+    exact_kept = sum(ref[i] == ours[i] for i in ref if ref[i][0])
+    return dec, rows, exact_kept, sum(ref[i][0] for i in ref)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 200000])
+    ap.add_argument("--probe", type=int, default=2000, help="candidates filtered against the pool of size ~N")
+    ap.add_argument("--threshold", type=float, default=0.7)
+    ap.add_argument("--workers", type=int, default=2, help="reference multiprocessing Pool size")
+    ap.add_argument("--ref-budget", type=float, default=120.0, help="reference seconds per sampled measurement")
+    a = ap.parse_args()
+    seeds, corpus = seeds_and_corpus()
+    print(f"seed pool: {len(seeds)} instructions; bigram corpus: {len(corpus)} sentences; threshold {a.threshold}; "
+          f"reference: rouge-score + multiprocessing Pool({a.workers}) (created once); {os.cpu_count()} CPUs")
+    rows = []
+    with mp.get_context("fork").Pool(a.workers) as workers:
+        for n in a.sizes:
+            gen = Generator(corpus, seed=n)
+            stream, probe = gen.make(n), gen.make(a.probe)
+            idx = NoveltyIndex(a.threshold)
+            for s in seeds:
+                idx.add(s)
+            t0 = time.perf_counter()
+            res = filter_novel(idx, stream)
+            t_stream = time.perf_counter() - t0
+            pool = list(idx._texts)
+            idx_exact = copy.deepcopy(idx)
+            idx_exact.exact_scores = True
+            t0 = time.perf_counter()
+            res_p = filter_novel(idx, probe)
+            t_probe = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res_x = filter_novel(idx_exact, probe)
+            t_exact = time.perf_counter() - t0
+            mem = index_bytes(idx) / len(idx)
+            print(f"\nN={n}: stream kept {sum(k for k, _, _ in res)}/{n} in {t_stream:.1f}s; pool {len(pool)}, "
+                  f"vocabulary {len(idx._ids)} elements, {len(idx._segs)} segments, ~{mem:.0f} bytes/instruction "
+                  f"(index arrays + token-code strings, texts excluded)", flush=True)
+            for name, p0, cands, ours, t_ours in [("probe", pool, probe, res_p, t_probe),
+                                                  ("probe-exact", pool, probe, res_x, t_exact),
+                                                  ("stream", seeds, stream, res, t_stream)]:
+                if name != "probe-exact":
+                    ref, sec, pairs, total = reference(workers, p0, cands, ours, a.threshold, a.ref_budget)
+                full = len(ref) == len(cands)
+                t_ref = sec if full else sec / pairs * total
+                dec, diff_rows, exact_kept, kept = compare(ref, ours)
+                print(f"  {name:<11}: ours {t_ours:.2f}s ({t_ours / len(cands) * 1e6:.0f} us/instr); reference on "
+                      f"{len(ref)}/{len(cands)} candidates ({pairs} pairs) {sec:.0f}s -> "
+                      f"{'measured' if full else 'extrapolated'} {t_ref:.0f}s; differing decisions {dec}; "
+                      f"differing rows {diff_rows}; kept rows with the exact score {exact_kept}/{kept}", flush=True)
+                rows.append((n, name, len(cands), t_ours, t_ref, full, len(ref), dec, diff_rows))
+    print("\n      N  batch        cands | ours       us/instr | reference          | speed-up | ref ran on   "
+          "| differing decisions | differing rows")
+    for n, name, m, t_ours, t_ref, full, done, dec, diff_rows in rows:
+        print(f"{n:>7}  {name:<11} {m:>7} | {t_ours:8.2f}s {t_ours / m * 1e6:8.0f} | "
+              f"{('' if full else '~') + f'{t_ref:.0f}s':>9} {'full' if full else 'sample':>7}  | {t_ref / t_ours:7.0f}x | "
+              f"{done:>5}/{m:<6} | {dec:>19} | {diff_rows:>5}")
+
+
+def index_bytes(idx) -> int:
+    """Bytes of the index's arrays and token-code strings (not the caller's texts)."""
+    arrays = [idx._els.a, idx._off.a, idx._len.a, idx._h.a]
+    for s in idx._segs:
+        arrays += [s.key, s.rid] + ([s.pkey, s.prid] if hasattr(s, "pkey") else [])
+    return sum(x.nbytes for x in arrays) + sum(sys.getsizeof(x) for x in idx._seqs) + 8 * len(idx._seqs)
+
+
+if __name__ == "__main__":
+    main()

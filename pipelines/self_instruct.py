@@ -1,0 +1,202 @@
+"""Self-Instruct (Wang et al., 2022): a task pool that grows round by round.
+
+A round: sample 6 human + 2 machine instructions per prompt -> the model continues the list ->
+instruction filters -> ROUGE-L novelty against the pool (deterministic order) -> "is it
+classification?" -> output-first or input-first instances -> instance filters. Each round is
+committed atomically as a directory under `stages/self_instruct/`; a rerun resumes after the
+last committed round.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+from pipelines import io, schema
+from pipelines import self_instruct_prompts as P
+from pipelines.config import GenerateConfig
+from pipelines.llm import request, sampling_json
+from pipelines.novelty import NoveltyIndex, filter_novel
+
+METHOD = "self_instruct"
+
+
+def _seed_int(*parts) -> int:
+    return int(schema.make_id(*parts), 16) % (2**31)
+
+
+def _engine_rejects(outs: list[dict], stage: str) -> tuple[list[dict], list[dict]]:
+    ok = [o for o in outs if not o["error"]]
+    bad = [schema.reject(schema.row(method=METHOD, instruction=o.get("instruction", ""),
+                                    model=o.get("model", "")), stage, o["error"]) for o in outs if o["error"]]
+    return ok, bad
+
+
+class SelfInstruct:
+    def __init__(self, seeds: list[dict], engine, cfg: GenerateConfig, model_name: str, run_dir: str, seed: int = 0,
+                 log=print):
+        self.seeds, self.engine, self.cfg, self.model, self.seed, self.log = seeds, engine, cfg, model_name, seed, log
+        self.dir = Path(run_dir) / "stages" / METHOD
+        self.index = NoveltyIndex(cfg.rouge_threshold)
+        for s in seeds:
+            self.index.add(s["instruction"])
+        self.machine: list[dict] = []  # pool entries: id, instruction, round
+
+    # -- one round ------------------------------------------------------------------------
+    def _prompts(self, r: int) -> list[dict]:
+        rng = random.Random(_seed_int(self.seed, "prompts", r))
+        s = self.cfg.sampling.instructions
+        reqs = []
+        for p in range(self.cfg.prompts_per_round):
+            mach = rng.sample(self.machine, min(self.cfg.num_machine, len(self.machine)))
+            human = rng.sample(self.seeds, min(self.cfg.num_human + self.cfg.num_machine - len(mach), len(self.seeds)))
+            shown = [(t["instruction"], "seed", t["id"]) for t in human] + [(m["instruction"], "machine", m["id"]) for m in mach]
+            rng.shuffle(shown)
+            reqs.append(request(prompt=P.instruction_prompt([t for t, _, _ in shown]),
+                                sampling=sampling_json(s, seed=_seed_int(self.seed, r, p)),
+                                prompt_index=p, n_shown=len(shown),
+                                seed_ids=[i for _, k, i in shown if k == "seed"],
+                                parent_ids=[i for _, k, i in shown if k == "machine"]))
+        return reqs
+
+    def _candidates(self, outs: list[dict], r: int, rejected: list[dict]) -> list[dict]:
+        cands = []
+        for o in outs:
+            for k, (inst, problem) in enumerate(P.parse_instructions(o["text"], o["n_shown"] + 1, o["finish_reason"] == "length")):
+                problem = problem or P.instruction_problem(inst)
+                c = schema.row(instruction=inst, method=METHOD, round=r, seed_ids=list(o["seed_ids"]),
+                               parent_ids=list(o["parent_ids"]), model=self.model, template=P.INSTRUCTION_TEMPLATE,
+                               sampling_params=o["sampling"], finish_reason=o["finish_reason"],
+                               prompt_tokens=o["prompt_tokens"], output_tokens=o["output_tokens"],
+                               id=schema.make_id(METHOD, "candidate", r, o["prompt_index"], o["sample_index"], k, inst))
+                if problem:
+                    rejected.append(schema.reject(c, "self_instruct/instruction_filter", problem))
+                else:
+                    cands.append(c)
+        return cands
+
+    def _classify(self, insts: list[dict]) -> dict[str, bool]:
+        s = self.cfg.sampling.classify
+        extra = {"choice": [" Yes", " No"]} if self.cfg.use_structured_output else {}
+        outs = self.engine.generate([request(prompt=P.classify_prompt(c["instruction"]), iid=c["id"],
+                                             sampling=sampling_json(s, n=1, **extra)) for c in insts])
+        flags, self.parse_failures = {}, 0
+        for o in outs:
+            f = P.parse_classification(o["text"])
+            self.parse_failures += f is None
+            flags[o["iid"]] = bool(f)
+        return flags
+
+    def _instances(self, insts: list[dict], r: int, rejected: list[dict]) -> list[dict]:
+        s = self.cfg.sampling.instances
+        reqs = [request(prompt=(P.output_first_prompt if c["is_classification"] else P.input_first_prompt)(c["instruction"]),
+                        sampling=sampling_json(s, seed=_seed_int(self.seed, "inst", c["id"])), iid=c["id"]) for c in insts]
+        outs, bad = _engine_rejects(self.engine.generate(reqs), "self_instruct/instances")
+        rejected += bad
+        by_id = {c["id"]: c for c in insts}
+        rows = []
+        for o in outs:
+            c = by_id[o["iid"]]
+            clf = c["is_classification"]
+            pairs = (P.parse_output_first if clf else P.parse_input_first)(o["text"])
+            kept, dropped = P.clean_instances(pairs, self.cfg.max_instances_per_task)
+            if not pairs:
+                dropped = [(("", o["text"]), "unparseable_instances")]
+            for (inp, out), problem in [(p, "") for p in kept] + dropped:
+                row = schema.row(**{**c, "id": schema.make_id(METHOD, c["id"], inp, out), "input": inp, "output": out,
+                                    "instruction_id": c["id"], "operation": "output_first" if clf else "input_first",
+                                    "template": P.OUTPUT_FIRST_TEMPLATE if clf else P.INPUT_FIRST_TEMPLATE,
+                                    "sampling_params": o["sampling"], "finish_reason": o["finish_reason"],
+                                    "prompt_tokens": o["prompt_tokens"], "output_tokens": o["output_tokens"],
+                                    "meta": json.dumps({"instruction_finish_reason": c["finish_reason"],
+                                                        "instruction_sampling": c["sampling_params"]})})
+                if problem:
+                    rejected.append(schema.reject(row, "self_instruct/instance_filter", problem))
+                else:
+                    rows.append(row)
+        return rows
+
+    def round(self, r: int) -> dict:
+        t0, rejected = time.time(), []
+        outs, bad = _engine_rejects(self.engine.generate(self._prompts(r)), "self_instruct/instructions")
+        rejected += bad
+        cands = sorted(self._candidates(outs, r, rejected), key=lambda c: c["id"])  # order independent of Ray
+        room = self.cfg.target_instructions - len(self.machine)
+        accepted = []
+        for c, (keep, score, similar) in zip(cands, filter_novel(self.index, [c["instruction"] for c in cands])):
+            c.update(rouge_l=score, most_similar=similar)
+            if not keep:
+                rejected.append(schema.reject(c, "self_instruct/novelty", f"rouge_l_above_threshold: {score:.4f} > {self.cfg.rouge_threshold}"))
+            elif len(accepted) >= room:
+                rejected.append(schema.reject(c, "self_instruct/target", "target_instructions reached"))
+            else:
+                accepted.append(c)
+        for c in accepted:  # the pool id of an instruction is its content hash
+            c["id"] = schema.make_id(METHOD, "instruction", c["instruction"])
+        flags = self._classify(accepted) if accepted else {}
+        for c in accepted:
+            c["is_classification"] = flags[c["id"]]
+        rows = self._instances(accepted, r, rejected) if accepted else []
+        tokens = sum(o["prompt_tokens"] + o["output_tokens"] for o in outs)
+        stats = {"round": r, "prompts": self.cfg.prompts_per_round, "completions": len(outs),
+                 "candidates": len(cands) + sum(1 for x in rejected if x["stage"].endswith("instruction_filter")),
+                 "instructions_kept": len(accepted), "classification": sum(flags.values()),
+                 "classify_parse_failures": getattr(self, "parse_failures", 0),
+                 "rows": len(rows), "rejected": _count(rejected), "instruction_tokens": tokens,
+                 "seconds": round(time.time() - t0, 2)}
+        return {"instructions": accepted, "rows": rows, "rejected": rejected, "stats": stats}
+
+    # -- rounds, commits, resume -------------------------------------------------------------
+    def _commit(self, r: int, res: dict) -> None:
+        final = self.dir / f"round-{r:04d}"
+        tmp = self.dir / f".tmp-round-{r:04d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        io.write_rows(res["instructions"], tmp / "instructions.parquet")
+        io.write_rows(res["rows"], tmp / "rows.parquet")
+        io.write_rows(res["rejected"], tmp / "rejected.parquet", rejected=True)
+        io.write_json(res["stats"], tmp / "stats.json")
+        os.rename(tmp, final)  # the commit point: a round directory is complete or absent
+
+    def committed(self) -> list[Path]:
+        return sorted(self.dir.glob("round-*")) if self.dir.is_dir() else []
+
+    def run(self) -> tuple[list[dict], list[dict], dict]:
+        rounds = []
+        for d in self.committed():
+            for inst in io.read_rows(d / "instructions.parquet"):
+                self.index.add(inst["instruction"])
+                self.machine.append(inst)
+            rounds.append(io.read_json(d / "stats.json"))
+            self.log(f"self_instruct: round {rounds[-1]['round']} already committed, resuming after it")
+        t0 = time.time()
+        for r in range(len(rounds) + 1, self.cfg.rounds + 1):
+            if len(self.machine) >= self.cfg.target_instructions:
+                break
+            res = self.round(r)
+            self._commit(r, res)
+            self.machine += res["instructions"]
+            rounds.append(res["stats"])
+            st = res["stats"]
+            rate = st["instruction_tokens"] / max(st["seconds"], 1e-9)
+            left = (self.cfg.target_instructions - len(self.machine)) / max(st["instructions_kept"], 1) * st["seconds"]
+            self.log(f"self_instruct: round {r}/{self.cfg.rounds}: +{st['instructions_kept']} instructions "
+                     f"(pool {len(self.machine)}/{self.cfg.target_instructions}), {st['rows']} rows, "
+                     f"{rate:.0f} tok/s, ETA to target {left / 60:.1f} min")
+            if not res["instructions"]:
+                self.log("self_instruct: the round added no new instruction; stopping")
+                break
+        rows = [x for d in self.committed() for x in io.read_rows(d / "rows.parquet")]
+        rejected = [x for d in self.committed() for x in io.read_rows(d / "rejected.parquet", rejected=True)]
+        return rows, rejected, {"rounds": rounds, "pool_machine": len(self.machine), "rows": len(rows),
+                                "rejected": _count(rejected), "seconds": round(time.time() - t0, 2)}
+
+
+def _count(rejected: list[dict]) -> dict:
+    out: dict = {}
+    for x in rejected:
+        key = f"{x['stage']}: {x['reason'].split(':')[0]}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))

@@ -1,0 +1,103 @@
+"""The stages of `seedforge run`, each a plain function of the run context.
+
+STAGES is the pipeline: read it top to bottom. A stage returns its stats for the manifest; the
+runner (pipelines.run) commits it and skips it on a rerun.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines import io
+from pipelines.config import Config
+from pipelines.models import resolve_model
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit sets RAY_ADDRESS)
+        ray.init(address=cfg.ray.address or os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+
+
+@dataclass
+class Context:
+    cfg: Config
+    run_dir: Path
+    log: callable
+    _engine: object = field(default=None, repr=False)
+    owns_engine: bool = True
+
+    @property
+    def engine(self):
+        """The run's fixed vLLM engine pool, started on first use and shared by every method."""
+        if self._engine is None:
+            from pipelines.llm import EnginePool
+
+            self.log(f"starting {self.cfg.engine.pool_size} vLLM engine(s) for {self.cfg.model}")
+            self._engine = EnginePool(resolve_model(self.cfg.model), self.cfg.engine, self.cfg.seed)
+            self.log(f"engines ready in {self._engine.startup_s:.0f}s")
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None and self.owns_engine:
+            self._engine.shutdown()
+            self._engine = None
+
+
+def _write_dir(rows: list[dict], directory: Path, rejected: bool = False) -> None:
+    """Replace a directory of shards atomically (write beside it, then rename)."""
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    io.write_shards(rows, tmp, rejected=rejected)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.rename(tmp, directory)
+
+
+def generate(ctx: Context) -> dict:
+    from pipelines.methods import run_method
+
+    cfg, rows, rejected, per_method = ctx.cfg, [], [], {}
+    before = dict(ctx._engine.usage) if ctx._engine is not None else {}  # a shared pool counts for many runs
+    for method in cfg.generate.methods:
+        new, bad, stats = run_method(method, rows, ctx)
+        rows += new
+        rejected += bad
+        per_method[method] = {"rows": len(new), "rejected": len(bad), **stats}
+        ctx.log(f"generate/{method}: {len(new)} rows, {len(bad)} rejected")
+    io.write_shards(rejected, ctx.run_dir / "rejected", prefix="generate", rejected=True)
+    _write_dir(rows, ctx.run_dir / "stages" / "generate")
+    usage = {k: v - before.get(k, 0) for k, v in ctx._engine.usage.items()} if ctx._engine is not None else {}
+    secs = usage.get("seconds", 0.0)
+    return {"rows": len(rows), "rejected_rows": len(rejected), "methods": per_method,
+            "engine_startup_s": round(ctx._engine.startup_s, 1) if ctx._engine else 0,
+            "requests": usage.get("requests", 0), "prompt_tokens": usage.get("prompt_tokens", 0),
+            "output_tokens": usage.get("output_tokens", 0), "generation_seconds": round(secs, 2),
+            "output_tokens_per_s": round(usage.get("output_tokens", 0) / secs, 2) if secs else 0.0}
+
+
+def curate(ctx: Context) -> dict:
+    from pipelines.curate import curate as run_curate
+
+    ctx.close()  # generation is over: give the engines' CPUs back to Ray Data and Ray Train
+    return run_curate(ctx.run_dir / "stages" / "generate", ctx.run_dir, ctx.cfg.curate)
+
+
+def train(ctx: Context) -> dict:
+    from train.launch import run_training
+
+    ctx.close()
+    return run_training(ctx.cfg)
+
+
+STAGES = [
+    ("generate", generate),
+    ("curate", curate),
+    ("train", train),
+]
