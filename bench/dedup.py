@@ -45,15 +45,19 @@ TEMPLATES = ["Explain {} in simple terms.", "Write a short story about {}.", "Su
 
 
 class PeakMemory:
-    """Largest sum of PSS over this process and its descendants, sampled in a thread."""
+    """Largest sum of PSS over a process (default: this one) and its descendants, sampled in a thread."""
 
-    def __init__(self, interval: float = 0.5):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+    def __init__(self, pid: int | None = None, interval: float = 0.5):
+        self.pid, self.interval, self.peak, self._stop = pid, interval, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        me, total = psutil.Process(), 0
-        for p in [me, *me.children(recursive=True)]:
+        try:
+            me, total = psutil.Process(self.pid), 0
+            procs = [me, *me.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        for p in procs:
             try:
                 total += p.memory_full_info().pss
             except (psutil.Error, OSError):
@@ -188,26 +192,48 @@ def run_ours(path: Path, cfg) -> tuple[set, float, int, dict]:
     return removed, secs, mem.peak, stats
 
 
-def run_baseline(path: Path, keep_ids: set | None, threshold: float, num_perm: int, params) -> tuple[set, float, int, int]:
+def _baseline(path: str, sample_file: str | None, threshold: float, num_perm: int, params, out: str) -> None:
+    """The baseline, in its own process: writes (seconds, rows, removed ids) to `out`."""
     from datasketch import MinHash, MinHashLSH
 
-    with PeakMemory() as mem:
-        t0 = time.time()
-        table = pq.read_table(path, columns=["id", *COLS])
-        if keep_ids is not None:
-            table = table.filter(pa.array([i in keep_ids for i in table["id"].to_pylist()]))
-        table = table.sort_by("id")
-        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=params)
-        removed = set()
-        for row in table.to_pylist():
-            m = MinHash(num_perm=num_perm)
-            for s in minhash.shingles(minhash.normalize(" ".join(row[c] for c in COLS))):
-                m.update(s)
-            if lsh.query(m):
-                removed.add(row["id"])
-            lsh.insert(row["id"], m)
-        secs = time.time() - t0
-    return removed, secs, mem.peak, table.num_rows
+    t0 = time.time()
+    table = pq.read_table(path, columns=["id", *COLS])
+    if sample_file:
+        keep = set(Path(sample_file).read_text().split())
+        table = table.filter(pa.array([i in keep for i in table["id"].to_pylist()]))
+    table = table.sort_by("id")
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=params)
+    removed = []
+    for row in table.to_pylist():
+        m = MinHash(num_perm=num_perm)
+        for s in minhash.shingles(minhash.normalize(" ".join(row[c] for c in COLS))):
+            m.update(s)
+        if lsh.query(m):
+            removed.append(row["id"])
+        lsh.insert(row["id"], m)
+    secs = time.time() - t0
+    Path(out).write_text(f"{secs} {table.num_rows}\n" + "\n".join(removed))
+
+
+def run_baseline(path: Path, sample: set | None, threshold: float, num_perm: int, params) -> tuple[set, float, int, int]:
+    """Run `_baseline` in a fresh process (so its memory excludes Ray's) and read its results."""
+    import multiprocessing as mp
+
+    sample_file = None
+    if sample is not None:
+        sample_file = str(path.parent / f"{path.name}-baseline-sample.txt")
+        Path(sample_file).write_text("\n".join(sorted(sample)))
+    out = str(path.parent / f"{path.name}-baseline-result.txt")
+    proc = mp.get_context("spawn").Process(target=_baseline, args=(str(path), sample_file, threshold, num_perm,
+                                                                    params, out))
+    proc.start()
+    with PeakMemory(proc.pid) as mem:
+        proc.join()
+    if proc.exitcode:
+        raise RuntimeError(f"baseline failed with exit code {proc.exitcode}")
+    head, *removed = Path(out).read_text().split("\n")
+    secs, rows = head.split()
+    return set(x for x in removed if x), float(secs), mem.peak, int(rows)
 
 
 def main(argv=None) -> int:
@@ -225,7 +251,9 @@ def main(argv=None) -> int:
 
     cfg = MinHashConfig(threshold=args.threshold, num_perm=args.num_perm)
     params = minhash.lsh_params(cfg.threshold, cfg.num_perm)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    # idle workers kept (as curate() does): Ray Data's shuffles otherwise restart their worker pool each time
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
+             _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
     ray.data.DataContext.get_current().enable_progress_bars = False
     print(f"threshold {cfg.threshold}, num_perm {cfg.num_perm}, LSH bands x rows {params}, word 3-grams; "
           f"ours on {args.cpus} Ray CPUs, baseline on 1 core; host has {os.cpu_count()} cores", flush=True)
@@ -249,6 +277,8 @@ def main(argv=None) -> int:
             k = n / args.baseline_max
             keep = (groups % max(1, round(k))) == 0
             sample = set(np.asarray(table["id"].to_pylist())[keep].tolist())
+            if not sample:
+                sample = None
         base, b_secs, b_mem, b_rows = run_baseline(d, sample, cfg.threshold, cfg.num_perm, params)
         b_true = true if sample is None else true & sample
         r_o, p_o = score(ours, true)

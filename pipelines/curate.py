@@ -24,7 +24,7 @@ from ray.data.expressions import col
 from pipelines import dedup, filters, io, schema
 from pipelines.config import CurateConfig, load_config
 
-_TEXT = ("instruction", "input", "output", "finish_reason")
+_TEXT = ("instruction", "input", "output", "finish_reason")  # what the filters read
 
 
 def _prepare(t: pa.Table, cfg: CurateConfig) -> pa.Table:
@@ -36,8 +36,11 @@ def _prepare(t: pa.Table, cfg: CurateConfig) -> pa.Table:
     out = schema.conform(t)
     for c in extra:
         out = out.append_column(c, t[c].cast(pa.string()))
-    for c in set(_TEXT) | set(cfg.columns):
-        out = out.set_column(out.schema.get_field_index(c), c, pc.fill_null(out[c], ""))
+    for f in out.schema:  # a null is a missing value: the schema default (text columns: "")
+        default = "" if f.name in cfg.columns else schema.DEFAULTS.get(f.name)
+        if default is not None and out[f.name].null_count:
+            out = out.set_column(out.schema.get_field_index(f.name), f.name,
+                                 pc.fill_null(out[f.name], pa.scalar(default, f.type)))
     rows = out.select(list(dict.fromkeys([*_TEXT, *cfg.columns, "id"]))).to_pylist()
     ids = [r["id"] or schema.make_id(*(r[c] for c in cfg.columns)) for r in rows]
     out = out.set_column(out.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
@@ -109,16 +112,17 @@ def curate_dataset(ds, cfg: CurateConfig | None = None):
 # ---- files --------------------------------------------------------------------------------------
 
 def read_shards(files: list[Path], columns: list[str]):
-    """One dataset of Parquet files whose schemas may differ (extra columns are not read)."""
+    """One dataset of Parquet files whose schemas may differ (columns not in the schema are not read)."""
     groups: dict[tuple, list[str]] = {}
     for f in files:
         fields = pq.read_schema(f)
         missing = [c for c in columns if c not in fields.names]
         if missing:
             raise ValueError(f"{f}: missing column {missing[0]!r} (curate.columns = {columns})")
-        wanted = tuple((x.name, str(x.type)) for x in fields if x.name in schema.EXAMPLE_COLUMNS or x.name in columns)
-        groups.setdefault(wanted, []).append(str(f))
-    parts = [ray.data.read_parquet(fs, columns=[n for n, _ in cols]) for cols, fs in groups.items()]
+        groups.setdefault(tuple((x.name, str(x.type)) for x in fields), []).append(str(f))
+    wanted = set(schema.EXAMPLE_COLUMNS) | set(columns)
+    parts = [ray.data.read_parquet(fs).select_columns([n for n, _ in cols if n in wanted])
+             for cols, fs in groups.items()]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -173,8 +177,8 @@ def curate(input_dir, output_dir, cfg: CurateConfig | None = None) -> dict:
     """Curate the Parquet shards of input_dir into output_dir; returns the funnel (also in the manifest)."""
     cfg = cfg or CurateConfig()
     files = _inputs(input_dir, output_dir)
-    if not ray.is_initialized():
-        ray.init()
+    if not ray.is_initialized():  # keep idle workers: Ray Data's shuffles otherwise restart theirs each time
+        ray.init(_system_config={"idle_worker_killing_time_threshold_ms": 600_000})
     t0 = time.time()
     kept, rejected, funnel = curate_dataset(read_shards(files, cfg.columns), cfg)
     out = Path(output_dir)

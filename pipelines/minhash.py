@@ -17,7 +17,6 @@ empty texts are exact duplicates, which exact dedup handles).
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 import sys
 from functools import lru_cache
@@ -29,7 +28,6 @@ MAX32 = np.uint32(0xFFFFFFFF)
 _MERSENNE = np.uint64((1 << 61) - 1)
 _PUNCT = dict.fromkeys(i for i in range(sys.maxunicode + 1)
                        if unicodedata.category(chr(i)).startswith("P"))
-_SPACE = re.compile(r"\s+")
 _digest = methodcaller("digest")
 
 
@@ -42,7 +40,7 @@ def default_scheme() -> str:
 
 def normalize(text: str) -> str:
     """Casefold, drop punctuation (Unicode category P*), collapse whitespace."""
-    return _SPACE.sub(" ", text.casefold().translate(_PUNCT)).strip()
+    return " ".join(text.casefold().translate(_PUNCT).split())
 
 
 def shingles(text: str, unit: str = "word", n: int = 3) -> list[bytes]:
@@ -161,3 +159,80 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
 def estimated_jaccard(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """datasketch's MinHash.jaccard (share of equal values) along the last axis."""
     return (x == y).mean(axis=-1)
+
+
+# ---- components of "estimated Jaccard >= threshold" inside LSH buckets ---------------------------
+
+PEEL_ANCHORS = 64
+_SMALL = 16  # buckets up to this size are verified all at once per size
+
+
+def _similar(x: np.ndarray, y: np.ndarray, threshold: float) -> np.ndarray:
+    return (x == y).sum(axis=-1) / x.shape[-1] >= threshold
+
+
+def _small_buckets(S: np.ndarray, first: np.ndarray, k: int, threshold: float) -> np.ndarray:
+    """Component roots (row index) of many buckets of k rows starting at `first`: (len(first), k)."""
+    out = np.empty((len(first), k), np.int64)
+    step = max(1, (1 << 24) // (k * k * S.shape[1]))
+    for s in range(0, len(first), step):
+        idx = first[s:s + step, None] + np.arange(k)
+        M = S[idx]
+        adj = _similar(M[:, :, None, :], M[:, None, :, :], threshold)  # (b, k, k), diagonal True
+        lab = np.broadcast_to(np.arange(k), idx.shape)
+        for _ in range(k - 1):  # min-label propagation; k - 1 steps reach across any component
+            new = np.where(adj, lab[:, None, :], k).min(axis=2)
+            if np.array_equal(new, lab):
+                break
+            lab = new
+        out[s:s + step] = first[s:s + step, None] + lab
+    return out
+
+
+def _big_bucket(S: np.ndarray, threshold: float, max_exact: int) -> tuple[np.ndarray, bool]:
+    """Component root (row index) per row of one bucket; identical signatures are collapsed first."""
+    S = np.ascontiguousarray(S)
+    _, first_of, inv = np.unique(S.view(np.dtype((np.void, S.strides[0]))).ravel(),
+                                 return_index=True, return_inverse=True)
+    order = np.argsort(first_of)  # distinct signatures in row (= key) order
+    U, rank = S[first_of[order]], np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    m = len(U)
+    label = np.arange(m)
+    if m > max_exact:  # star peeling from the smallest unassigned row, at most PEEL_ANCHORS anchors
+        label[:] = -1
+        for _ in range(PEEL_ANCHORS):
+            free = np.flatnonzero(label < 0)
+            if not len(free):
+                break
+            label[free[_similar(U[free], U[free[0]], threshold)]] = free[0]
+        label = np.where(label < 0, np.arange(m), label)
+    elif m > 1:
+        from scipy.sparse.csgraph import connected_components
+
+        adj = np.zeros((m, m), bool)
+        for s in range(0, m, 64):
+            adj[s:s + 64] = _similar(U[s:s + 64, None, :], U[None, :, :], threshold)
+        _, comp = connected_components(adj, directed=False)
+        root = np.full(comp.max() + 1, m)
+        np.minimum.at(root, comp, np.arange(m))
+        label = root[comp]
+    return first_of[order][label][rank[inv.ravel()]], m > max_exact
+
+
+def bucket_roots(S: np.ndarray, starts: np.ndarray, threshold: float, max_exact: int):
+    """For key-sorted rows S grouped into buckets at `starts` (plus the end): the root of each row,
+    i.e. the first row of its component of "estimated Jaccard >= threshold" within its bucket,
+    and the number of buckets verified by star peeling (more than max_exact distinct signatures)."""
+    roots, peeled = np.arange(len(S)), 0
+    sizes = np.diff(starts)
+    for k in np.unique(sizes[sizes > 1]):
+        first = starts[:-1][sizes == k]
+        if k <= _SMALL:
+            roots[first[:, None] + np.arange(k)] = _small_buckets(S, first, int(k), threshold)
+            continue
+        for s in first:
+            roots[s:s + k], big = _big_bucket(S[s:s + k], threshold, max_exact)
+            roots[s:s + k] += s
+            peeled += big
+    return roots, peeled

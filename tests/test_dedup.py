@@ -17,7 +17,10 @@ COLS = ["instruction", "input", "output"]
 def ray_cluster():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # keep idle workers: Ray Data's shuffle map tasks run in their own worker pool, which is
+        # otherwise killed 1 s after each shuffle and restarted (seconds) by the next one
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     if started:
@@ -146,9 +149,9 @@ def test_many_copies_link_to_the_smallest_id(ray_cluster):
 
 
 def test_exact_dedup_keeps_smallest_id(ray_cluster):
-    rows = [{"id": "b", "instruction": "Say hi", "input": "", "output": "Hi!"},
-            {"id": "a", "instruction": "say   HI.", "input": "", "output": "hi"},
-            {"id": "c", "instruction": "Say hi", "input": "x", "output": "Hi!"},
+    rows = [{"id": "b", "instruction": "Say hi", "input": "", "output": "Hi!", "model": ""},
+            {"id": "a", "instruction": "say   HI.", "input": "", "output": "hi", "model": ""},
+            {"id": "c", "instruction": "Say hi", "input": "x", "output": "Hi!", "model": ""},
             {"id": "a", "instruction": "SAY hi", "input": "", "output": "hi", "model": "m2"}]
     ds = ray.data.from_items(rows).map_batches(dedup.add_keys, fn_kwargs={"columns": COLS}, batch_format="pyarrow")
     kept, dups = dedup.exact_dedup(ds.materialize(), 2)
@@ -161,13 +164,13 @@ def test_bucket_components_are_those_of_all_pairs():
     a, b = rng.integers(0, 2 ** 32, (2, 128), dtype=np.uint32)
     c = b.copy()
     c[:10] = a[:10]  # B~C (0.92); A shares 10 values with C and none with B
-    S = np.stack([a, b, c])
-    label, _ = dedup._components_in_bucket(S, 0.7, 100)
-    assert label.tolist() == [0, 1, 1]  # a star on A would have split B and C
-    S = np.stack([a, b, b, a, c])
-    assert dedup._components_in_bucket(S, 0.7, 100)[0].tolist() == [0, 1, 1, 0, 1]
-    peeled, big = dedup._components_in_bucket(S, 0.7, 1)
-    assert big and peeled.tolist() == [0, 1, 1, 0, 1]
+    roots, peeled = minhash.bucket_roots(np.stack([a, b, c]), np.array([0, 3]), 0.7, 100)
+    assert roots.tolist() == [0, 1, 1] and peeled == 0  # a star on A would have split B and C
+    # a small bucket (vectorised path) and a large one (all pairs, or star peeling) agree
+    S = np.stack([a, b, b, a, c] + [b] * 20 + [a, c])
+    for max_exact, n_peeled in ((100, 0), (1, 1)):
+        roots, peeled = minhash.bucket_roots(S, np.array([0, 5, 27]), 0.7, max_exact)
+        assert roots.tolist() == [0, 1, 1, 0, 1] + [5] * 20 + [25, 5] and peeled == n_peeled
 
 
 def test_connected_components_large_small_star(ray_cluster):

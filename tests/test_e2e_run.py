@@ -38,8 +38,11 @@ def demo_run(engine, tmp_path_factory):
     return out, manifest
 
 
-def _rows(d: Path):
-    return pq.read_table(d).to_pylist() if any(d.glob("*.parquet")) else []
+def _rows(p: Path):
+    """Rows of a Parquet file or of the shards of a directory."""
+    if p.is_dir() and not any(p.glob("*.parquet")):
+        return []
+    return pq.read_table(p).to_pylist()
 
 
 def test_run_writes_schema_conformant_data_and_manifest_counts_match(demo_run):
@@ -84,7 +87,7 @@ def test_rejected_rows_carry_reasons_counted_in_manifest(demo_run):
 
 def test_output_first_for_classification_input_first_otherwise(demo_run):
     out, _ = demo_run
-    rows = [r for d in sorted((out / "stages/self_instruct").glob("round-*")) for r in _rows(d)]
+    rows = [r for d in sorted((out / "stages/self_instruct").glob("round-*")) for r in _rows(d / "rows.parquet")]
     assert rows
     for r in rows:
         assert r["operation"] == ("output_first" if r["is_classification"] else "input_first")

@@ -209,6 +209,18 @@ def test_freeze_crossed_during_filtering(monkeypatch):
         n, k = n + expected[k][0], k + 1
 
 
+@pytest.mark.parametrize("thr", [-0.1, 0.0, 0.3, 1.0])
+def test_extreme_thresholds(thr, monkeypatch):
+    monkeypatch.setattr(novelty, "_FREEZE", 20)
+    pool, cands = paraphrases(25, seed=40), paraphrases(120, seed=41)[40:] + TRICKY[:12]
+    expected = brute_force(pool, cands, thr)
+    for exact in (True, False):
+        idx = NoveltyIndex(thr, exact_scores=exact)
+        for p in pool:
+            idx.add(p)
+        check_against_brute_force(filter_novel(idx, cands), expected, cands, exact)
+
+
 def test_empty_pool_and_empty_candidates():
     idx = NoveltyIndex()
     assert idx.best("anything") == (0.0, "")

@@ -205,6 +205,8 @@ def test_plain_template_and_messages_column(tok):
     prompt, resp = _decode_parts(tok, e)
     assert "### Instruction:\nSay hi." in prompt and "### Input:\nto Bob" in prompt
     assert prompt.rstrip().endswith("### Response:") and resp == "Hi Bob" + tok.eos_token
+    two_par = tdata.tokenize(tok, {"instruction": "Para one.\n\nPara two.", "input": "", "output": "ok"}, "plain", 512)
+    assert "### Input" not in tok.decode(two_par["input_ids"])  # a blank line is not an input block
     msgs = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                          {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]}
     e = tdata.tokenize(tok, msgs, "chat", 512)

@@ -71,7 +71,7 @@ def load_datasets(data_dir: str, eval_fraction: float) -> dict:
 
     files = parquet_files(data_dir)
     _, cols = check_columns(files)
-    ds = ray.data.read_parquet(files, columns=cols)
+    ds = ray.data.read_parquet(files).select_columns(cols)
     out = {"train": ds.filter(is_train, fn_kwargs={"fraction": eval_fraction})}
     if eval_fraction > 0:
         out["eval"] = ds.filter(is_eval, fn_kwargs={"fraction": eval_fraction})
@@ -86,10 +86,9 @@ def to_messages(row: dict) -> list[dict]:
     msgs = []
     if row.get("system"):
         msgs.append({"role": "system", "content": row["system"]})
-    user = row["instruction"] or ""
-    if row.get("input"):
-        user = f"{user}\n\n{row['input']}"
-    msgs.append({"role": "user", "content": user})
+    instr, inp = row["instruction"] or "", row.get("input") or ""
+    # instruction/input ride along for the plain template's separate ### Input block.
+    msgs.append({"role": "user", "content": f"{instr}\n\n{inp}" if inp else instr, "instruction": instr, "input": inp})
     if "output" in row:
         msgs.append({"role": "assistant", "content": row["output"] or ""})
     return msgs
@@ -103,7 +102,7 @@ def resolve_template(tokenizer, template: str) -> str:
 
 
 def _plain(messages: list[dict], add_generation_prompt: bool, eos: str) -> str:
-    """Alpaca-style text; a user turn of `instruction\\n\\ninput` keeps its input in the ### Input block."""
+    """Alpaca-style text; a user turn made from instruction + input shows the input in ### Input."""
     text = ""
     for m in messages:
         if m["role"] == "system":
@@ -111,14 +110,15 @@ def _plain(messages: list[dict], add_generation_prompt: bool, eos: str) -> str:
         elif m["role"] == "assistant":
             text += PLAIN_RESPONSE + m["content"] + eos + "\n\n"
         else:
-            instr, _, inp = m["content"].partition("\n\n")
+            instr, inp = (m["instruction"], m["input"]) if "instruction" in m else (m["content"], "")
             text += PLAIN_USER + instr + (PLAIN_INPUT + inp if inp else "") + "\n\n"
     return text + (PLAIN_RESPONSE if add_generation_prompt else "")
 
 
 def render(tokenizer, messages: list[dict], kind: str, add_generation_prompt: bool = False) -> str:
     if kind == "chat":
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        plain_msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return tokenizer.apply_chat_template(plain_msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
     return _plain(messages, add_generation_prompt, tokenizer.eos_token)
 
 

@@ -28,8 +28,9 @@ from train.packing import BatchFeed, Packer, collate
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Dense bf16 (fp16 for V100/T4) tensor-core peak TFLOPS per GPU, for the MFU estimate.
-PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "A10": 125.0, "L4": 121.0,
-               "V100": 125.0, "T4": 65.0}
+# First substring of the device name that matches wins, so longer names come first (L40S before L4).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L40": 181.0, "A10G": 70.0,
+               "A10": 125.0, "L4": 121.0, "V100": 125.0, "T4": 65.0}
 
 
 class ShardSource:
