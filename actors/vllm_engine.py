@@ -108,6 +108,10 @@ class VLLMEngine:
             self._claim = (pass_id, client)
         return self._claim == (pass_id, client)
 
+    def pid(self) -> int:
+        """The engine actor's process id (tests kill it to check restarts)."""
+        return os.getpid()
+
 
 def _dict_rows(batch: dict) -> list[dict]:
     keys = list(batch)

@@ -15,7 +15,7 @@ Both probe rows are compared with the same reference run. "differing decisions" 
 default-mode kept rows carry a lower-bound score.
 
 Instructions: imperative openers + a word-bigram chain over the Self-Instruct data in
-/work/shared/data/self-instruct (built-in word lists without it), rare "entity" words from a Zipf-like
+../shared/data/self-instruct (built-in word lists without it), rare "entity" words from a Zipf-like
 law over a 10^6 pseudo-word lexicon (the vocabulary keeps growing with N, as in real data), ~25%
 near-paraphrases of earlier instructions (word drops/inserts/swaps/substitutions, case, punctuation)
 and ~2% exact repeats.
@@ -40,7 +40,7 @@ from rouge_score import rouge_scorer  # noqa: E402
 
 from pipelines.novelty import NoveltyIndex, filter_novel  # noqa: E402
 
-DATA = Path(os.environ.get("SELF_INSTRUCT_DATA", "/work/shared/data/self-instruct"))
+DATA = Path(os.environ.get("SELF_INSTRUCT_DATA", Path(__file__).resolve().parents[2] / "shared/data/self-instruct"))
 OPENERS = ["Write", "Generate", "Give me", "Explain", "Create", "List", "Describe", "Find",
            "Classify", "Summarize", "Rewrite", "Translate", "Suggest", "Tell me", "Given",
            "What is", "How can I", "Identify", "Come up with", "Make a list of", "Design",

@@ -30,7 +30,7 @@ from pipelines.models import resolve_model  # noqa: E402
 from train import data as tdata  # noqa: E402
 from train.packing import Packer, collate  # noqa: E402
 
-SEEDS = Path("/work/shared/data/self-instruct/seed_tasks.jsonl")
+SEEDS = Path(__file__).resolve().parents[2] / "shared/data/self-instruct/seed_tasks.jsonl"
 
 
 def seed_rows() -> list[dict]:

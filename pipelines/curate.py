@@ -111,19 +111,22 @@ def curate_dataset(ds, cfg: CurateConfig | None = None):
 
 # ---- files --------------------------------------------------------------------------------------
 
+@ray.remote
+def _read_file(path: str, columns: list[str]) -> pa.Table:
+    return pq.read_table(path, columns=columns)
+
+
 def read_shards(files: list[Path], columns: list[str]):
-    """One dataset of Parquet files whose schemas may differ (columns not in the schema are not read)."""
-    groups: dict[tuple, list[str]] = {}
+    """One dataset (a block per file, read by parallel tasks) of Parquet files whose schemas may
+    differ: only schema and text columns are read, each file must have the text columns."""
+    refs = []
     for f in files:
-        fields = pq.read_schema(f)
-        missing = [c for c in columns if c not in fields.names]
+        names = pq.read_schema(f).names
+        missing = [c for c in columns if c not in names]
         if missing:
             raise ValueError(f"{f}: missing column {missing[0]!r} (curate.columns = {columns})")
-        groups.setdefault(tuple((x.name, str(x.type)) for x in fields), []).append(str(f))
-    wanted = set(schema.EXAMPLE_COLUMNS) | set(columns)
-    parts = [ray.data.read_parquet(fs).select_columns([n for n, _ in cols if n in wanted])
-             for cols, fs in groups.items()]
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        refs.append(_read_file.remote(str(f), [n for n in names if n in schema.EXAMPLE_COLUMNS or n in columns]))
+    return ray.data.from_arrow_refs(refs)
 
 
 def _shard_of(t: pa.Table, shards: int) -> pa.Table:
@@ -178,7 +181,7 @@ def curate(input_dir, output_dir, cfg: CurateConfig | None = None) -> dict:
     cfg = cfg or CurateConfig()
     files = _inputs(input_dir, output_dir)
     if not ray.is_initialized():  # keep idle workers: Ray Data's shuffles otherwise restart theirs each time
-        ray.init(_system_config={"idle_worker_killing_time_threshold_ms": 600_000})
+        ray.init(address="local", _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
     t0 = time.time()
     kept, rejected, funnel = curate_dataset(read_shards(files, cfg.columns), cfg)
     out = Path(output_dir)

@@ -13,11 +13,12 @@ Exact dedup: shuffle rows by `_h`; the smallest key of each group is kept.
 
 Near dedup (MinHash LSH) over rows whose normalised text is non-empty:
  1. signatures and band keys per row (map_batches, pipelines.minhash);
- 2. buckets: (band key, row key) rows shuffled by band key; a bucket of >= 2 rows is a candidate
+ 2. buckets: (band key, text hash) rows shuffled by band key; a bucket of >= 2 rows is a candidate
     group, named by a hash of its member set, so that the several bands two rows share give one
-    bucket after a second (small) shuffle that drops repeated (bucket, row) pairs;
- 3. verification (cfg.verify): members get their signatures (a shuffle join by row key), then
-    each bucket is split into the connected components of "estimated Jaccard >= threshold" among
+    bucket after a second (small) shuffle that drops repeated (bucket, member) pairs;
+ 3. members get their keys and signatures (a shuffle join by text hash; rows with identical texts
+    share a hash and all join). With verification (cfg.verify), each bucket is then split
+    into the connected components of "estimated Jaccard >= threshold" among
     its members (minhash.bucket_roots, identical signatures collapsed first). Each member is linked
     to the smallest key of its in-bucket component: a star, never a pair list, and the union of
     these stars has exactly the components of all-pairs verification of the candidates (linking
@@ -167,19 +168,19 @@ def sig_matrix(col, num_perm: int) -> np.ndarray:
 
 
 def _sign(t: pa.Table, columns, cfg: MinHashConfig, bands: int, rows: int, scheme: str) -> pa.Table:
+    """Signature rows (kh, key, sig, bands) of the rows with a non-empty normalised text."""
     docs = [minhash.normalize(" ".join(v or "" for v in vals)) for vals in zip(*(t[c].to_pylist() for c in columns))]
     keep = np.array([bool(d) for d in docs], bool)
-    docs = [d for d in docs if d]
-    sigs = minhash.signatures(docs, cfg.num_perm, cfg.seed, cfg.shingle, cfg.ngram, scheme, normalized=True)
+    sigs = minhash.signatures([d for d in docs if d], cfg.num_perm, cfg.seed, cfg.shingle, cfg.ngram, scheme,
+                              normalized=True)
     keys = minhash.band_keys(sigs, bands, rows)
-    return pa.table({"key": t["_key"].filter(pa.array(keep)), "sig": _sig_array(sigs),
-                     "bands": pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel()), bands)})
+    return pa.table({"kh": _key_hash(t["_h"])[keep].view(np.int64), "key": t["_key"].filter(pa.array(keep)),
+                     "sig": _sig_array(sigs), "bands": pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel()), bands)})
 
 
 def _explode_bands(t: pa.Table) -> pa.Table:
     bands = t["bands"].combine_chunks()
-    return pa.table({"bkey": bands.flatten(),
-                     "key": t["key"].take(np.repeat(np.arange(t.num_rows), bands.type.list_size))})
+    return pa.table({"bkey": bands.flatten(), "kh": np.repeat(t["kh"].to_numpy(), bands.type.list_size)})
 
 
 def _mix64(h: np.ndarray) -> np.ndarray:
@@ -189,45 +190,45 @@ def _mix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def _buckets(t: pa.Table, members: bool) -> pa.Table:
-    """Buckets of >= 2 rows as (bucket = hash of the member set, key) rows; or, without
-    verification, star links from the members to the bucket's smallest key."""
-    t = t.sort_by([("bkey", "ascending"), ("key", "ascending")])
-    starts = _runs(t["bkey"])
+def _buckets(t: pa.Table) -> pa.Table:
+    """Buckets of >= 2 rows as (bucket, kh) rows; `bucket` hashes the member set, so the several
+    bands that two rows share give one bucket after `_unique_members`."""
+    bkey, kh = t["bkey"].to_numpy(), t["kh"].to_numpy()
+    o = np.lexsort((kh, bkey))
+    bkey, kh = bkey[o], kh[o]
+    starts = _runs(bkey)
     size = np.diff(starts)
-    in_big = np.repeat(size >= 2, size)
-    if not members:
-        first = np.repeat(starts[:-1], size)
-        sel = np.flatnonzero(in_big & (first != np.arange(t.num_rows)))
-        a, b = _contract(t["key"].take(sel), t["key"].take(first[sel]))
-        return _with_stats(a, b, links=len(a))
-    t = t.filter(pa.array(in_big))
-    kh = _mix64(np.array([int(k[-16:], 16) for k in t["key"].to_pylist()], np.uint64))
-    starts = _runs(t["bkey"])
+    big = np.repeat(size >= 2, size)
+    bkey, kh = bkey[big], kh[big]
+    starts = _runs(bkey)
     with np.errstate(over="ignore"):
-        bucket = _mix64(np.add.reduceat(kh, starts[:-1]) + np.diff(starts).astype(np.uint64)) if len(kh) else kh
-    return pa.table({"bucket": np.repeat(bucket, np.diff(starts)).view(np.int64), "key": t["key"]})
+        mixed = _mix64(kh.view(np.uint64))
+        bucket = _mix64(np.add.reduceat(mixed, starts[:-1]) + np.diff(starts).astype(np.uint64)) if len(kh) else mixed
+    return pa.table({"bucket": np.repeat(bucket, np.diff(starts)).view(np.int64), "kh": kh})
 
 
 def _unique_members(t: pa.Table) -> pa.Table:
-    t = t.sort_by([("bucket", "ascending"), ("key", "ascending")])
-    b, k = t["bucket"].to_numpy(), t["key"]
-    new = np.ones(len(b), bool)
-    if len(b) > 1:
-        new[1:] = (b[1:] != b[:-1]) | pc.not_equal(k[1:], k[:-1]).to_numpy(zero_copy_only=False)
-    return t.filter(pa.array(new)).append_column("sig", pa.nulls(int(new.sum()), pa.binary()))
+    b, k = t["bucket"].to_numpy(), t["kh"].to_numpy()
+    u = np.unique(np.stack([b, k], 1), axis=0)
+    return pa.table({"bucket": u[:, 0], "kh": u[:, 1], "key": pa.nulls(len(u), pa.string()),
+                     "sig": pa.nulls(len(u), pa.binary())})
 
 
 def _sig_rows(t: pa.Table) -> pa.Table:
-    return pa.table({"bucket": pa.nulls(t.num_rows, pa.int64()), "key": t["key"], "sig": t["sig"]})
+    return pa.table({"bucket": pa.nulls(t.num_rows, pa.int64()), "kh": t["kh"], "key": t["key"], "sig": t["sig"]})
 
 
 def _attach_sigs(t: pa.Table) -> pa.Table:
-    """A block of member rows (bucket set) and signature rows (bucket null) of the same keys."""
+    """Member rows (bucket set) and signature rows (bucket null) of the same text hashes -> (bucket,
+    key, sig) for every row of every member hash (rows of identical texts share a hash)."""
     is_member = pc.is_valid(t["bucket"])
-    mem, sigs = t.filter(is_member), t.filter(pc.invert(is_member))
-    idx = pc.index_in(mem["key"], value_set=sigs["key"])
-    return pa.table({"bucket": mem["bucket"], "key": mem["key"], "sig": sigs["sig"].take(idx)})
+    mem, sigs = t.filter(is_member), t.filter(pc.invert(is_member)).sort_by("kh")
+    sk, mk = sigs["kh"].to_numpy(), mem["kh"].to_numpy()
+    lo, hi = np.searchsorted(sk, mk, "left"), np.searchsorted(sk, mk, "right")
+    take_mem = np.repeat(np.arange(len(mk)), hi - lo)
+    take_sig = np.arange(int((hi - lo).sum())) - np.repeat(np.cumsum(hi - lo) - (hi - lo), hi - lo) + np.repeat(lo, hi - lo)
+    return pa.table({"bucket": mem["bucket"].take(take_mem), "key": sigs["key"].take(take_sig),
+                     "sig": sigs["sig"].take(take_sig)})
 
 
 def _verify(t: pa.Table, threshold: float, num_perm: int, max_exact: int) -> pa.Table:
@@ -398,17 +399,13 @@ def near_dedup(ds, cfg: MinHashConfig, columns: list[str], partitions: int | Non
     stats = {"bands": bands, "rows": rows, "signed_rows": n}
     secs["signatures"], t0 = time.time() - t0, time.time()
     p = partitions or max(2, min(256, math.ceil(n * bands * 48 / (64 << 20))))
-    band_rows = each_block(sigs, _explode_bands)
-    if cfg.verify:
-        members = by_key(by_key(band_rows, "bkey", _buckets, p, members=True), "bucket", _unique_members, p)
-        joined = by_key(members.union(each_block(sigs, _sig_rows)), "key", _attach_sigs, partitions or _partitions(sigs))
-        links = by_key(joined, "bucket", _verify, p, threshold=cfg.threshold, num_perm=cfg.num_perm,
-                       max_exact=cfg.max_exact_bucket).materialize()
-    else:
-        links = by_key(band_rows, "bkey", _buckets, p, members=False).materialize()
+    members = by_key(by_key(each_block(sigs, _explode_bands), "bkey", _buckets, p), "bucket", _unique_members, p)
+    joined = by_key(members.union(each_block(sigs, _sig_rows)), "kh", _attach_sigs, partitions or _partitions(sigs))
+    links = by_key(joined, "bucket", _verify, p, threshold=cfg.threshold if cfg.verify else 0.0,
+                   num_perm=cfg.num_perm, max_exact=cfg.max_exact_bucket).materialize()
     got = _stats(links)
     stats.update(buckets_peeled=got.get("peeled", 0), links=got.get("links", 0))
-    del sigs, band_rows
+    del sigs
     secs["buckets"], t0 = time.time() - t0, time.time()
     label_refs, stats["cc_rounds"] = [], 0
     if stats["links"]:

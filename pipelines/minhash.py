@@ -226,6 +226,8 @@ def bucket_roots(S: np.ndarray, starts: np.ndarray, threshold: float, max_exact:
     and the number of buckets verified by star peeling (more than max_exact distinct signatures)."""
     roots, peeled = np.arange(len(S)), 0
     sizes = np.diff(starts)
+    if threshold <= 0:  # no verification: every row's root is its bucket's first row
+        return np.repeat(starts[:-1], sizes), 0
     for k in np.unique(sizes[sizes > 1]):
         first = starts[:-1][sizes == k]
         if k <= _SMALL:

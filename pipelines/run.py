@@ -179,7 +179,7 @@ def summary(m: dict, path: Path) -> None:
     tr = st.get("train", {})
     if tr:
         lines.append(f"  train: {tr.get('steps', 0)} steps, loss {tr.get('first_loss', 0):.3f} -> "
-                     f"{tr.get('last_loss', 0):.3f}, {tr.get('tokens_per_s', 0):.0f} tok/s")
+                     f"{tr.get('final_loss', 0):.3f}, {tr.get('tokens_per_s', 0):.0f} tok/s")
     f = m.get("files", {})
     lines.append(f"  data:     {path / 'data'} ({f.get('data_rows', 0)} rows)")
     lines.append(f"  rejected: {path / 'rejected'} ({f.get('rejected_rows', 0)} rows)")

@@ -40,7 +40,8 @@ class SelfInstruct:
                  log=print):
         self.seeds, self.engine, self.cfg, self.model, self.seed, self.log = seeds, engine, cfg, model_name, seed, log
         self.dir = Path(run_dir) / "stages" / METHOD
-        self.index = NoveltyIndex(cfg.rouge_threshold)
+        self.index = NoveltyIndex(cfg.rouge_threshold, exact_scores=cfg.exact_novelty_scores)
+        self.parse_failures = 0
         for s in seeds:
             self.index.add(s["instruction"])
         self.machine: list[dict] = []  # pool entries: id, instruction, round
@@ -83,7 +84,7 @@ class SelfInstruct:
         extra = {"choice": [" Yes", " No"]} if self.cfg.use_structured_output else {}
         outs = self.engine.generate([request(prompt=P.classify_prompt(c["instruction"]), iid=c["id"],
                                              sampling=sampling_json(s, n=1, **extra)) for c in insts])
-        flags, self.parse_failures = {}, 0
+        flags = {}
         for o in outs:
             f = P.parse_classification(o["text"])
             self.parse_failures += f is None
@@ -144,7 +145,7 @@ class SelfInstruct:
         stats = {"round": r, "prompts": self.cfg.prompts_per_round, "completions": len(outs),
                  "candidates": len(cands) + sum(1 for x in rejected if x["stage"].endswith("instruction_filter")),
                  "instructions_kept": len(accepted), "classification": sum(flags.values()),
-                 "classify_parse_failures": getattr(self, "parse_failures", 0),
+                 "classify_parse_failures": self.parse_failures,
                  "rows": len(rows), "rejected": _count(rejected), "instruction_tokens": tokens,
                  "seconds": round(time.time() - t0, 2)}
         return {"instructions": accepted, "rows": rows, "rejected": rejected, "stats": stats}

@@ -15,7 +15,11 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False)
+        # Keep idle workers: Ray Data's shuffle tasks run in their own worker pool, which is
+        # otherwise killed a second after each shuffle and restarted (seconds) by the next one.
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
+    ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
 

@@ -15,17 +15,6 @@ LONG = ("The committee met on Tuesday to discuss the budget for the new library 
         "mayor promised to review the spending plan again next spring before any contracts are signed")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:  # keep idle workers (see tests/test_dedup.py)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    if started:
-        ray.shutdown()
-
 
 def _rows():
     """(file a: no id or other schema columns, an extra int column; file b: ids, more schema columns, the
@@ -68,7 +57,7 @@ def _read(d, pattern):
     return files, pa.concat_tables([pq.read_table(f) for f in files])
 
 
-def test_curate_end_to_end(ray_cluster, tmp_path):
+def test_curate_end_to_end(ray_session, tmp_path):
     inp = _write_inputs(tmp_path / "in", split=True)
     out = tmp_path / "out"
     (out / "rejected").mkdir(parents=True)
@@ -116,7 +105,7 @@ def test_curate_end_to_end(ray_cluster, tmp_path):
     assert _read(tmp_path / "out2" / "rejected", "curate-*.parquet")[1].equals(rej)
 
 
-def test_shards_are_canonical_and_stale_ones_removed(ray_cluster, tmp_path):
+def test_shards_are_canonical_and_stale_ones_removed(ray_session, tmp_path):
     rows = [{"instruction": f"Write a haiku about the number {i} today.", "input": "", "output": f"Number {i} sits quietly, counting autumn leaves."}
             for i in range(40)]
     (tmp_path / "in").mkdir()
@@ -143,14 +132,14 @@ def test_missing_column_names_file_and_column(tmp_path):
         curate(tmp_path / "out" / "data", tmp_path / "out")
 
 
-def test_curate_command_overrides(ray_cluster, tmp_path, capsys):
+def test_curate_command_overrides(ray_session, tmp_path, capsys):
     inp = _write_inputs(tmp_path / "in", split=True)
     funnel = curate_command(str(inp), str(tmp_path / "out"), ["minhash.enabled=false", "filters.blacklist=false"])
     assert funnel["rows_out"] == 5 and "near_dedup" not in funnel["dropped"] and "blacklist" not in funnel["dropped"]
     assert "5 kept" in capsys.readouterr().out
 
 
-def test_curate_dataset_in_memory(ray_cluster):
+def test_curate_dataset_in_memory(ray_session):
     a, b = _rows()
     ds = ray.data.from_items([{k: v for k, v in r.items() if k != "extra"} for r in b]).repartition(2)
     kept, rejected, funnel = curate_dataset(ds, CurateConfig())

@@ -13,19 +13,6 @@ from pipelines.config import MinHashConfig
 COLS = ["instruction", "input", "output"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        # keep idle workers: Ray Data's shuffle map tasks run in their own worker pool, which is
-        # otherwise killed 1 s after each shuffle and restarted (seconds) by the next one
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    if started:
-        ray.shutdown()
-
 
 def _texts(rng: random.Random, n: int) -> list[str]:
     words = ["alpha", "Beta", "gamma,", "délta", "ε", "naïve", "zoë!", "co-op", "x", "42", "the", "The", "a."]
@@ -124,7 +111,7 @@ def _near(rows, cfg, blocks=3, partitions=None) -> dict:
 
 
 @pytest.mark.parametrize("verify", [True, False])
-def test_near_dedup_equals_brute_force(ray_cluster, verify):
+def test_near_dedup_equals_brute_force(ray_session, verify):
     rows = _corpus()
     truth = _brute_force(rows, 0.7)
     assert len(truth) > 100
@@ -132,14 +119,14 @@ def test_near_dedup_equals_brute_force(ray_cluster, verify):
     assert _near(rows, cfg) == truth
 
 
-def test_near_dedup_is_independent_of_blocks_and_partitions(ray_cluster):
+def test_near_dedup_is_independent_of_blocks_and_partitions(ray_session):
     rows = _corpus(1)
     cfg = MinHashConfig(bands=32, rows=4)
     first = _near(rows, cfg, blocks=1)
     assert first == _near(rows, cfg, blocks=7, partitions=3) == _brute_force(rows, 0.7)
 
 
-def test_many_copies_link_to_the_smallest_id(ray_cluster):
+def test_many_copies_link_to_the_smallest_id(ray_session):
     text = "the quick brown fox jumps over the lazy dog near the river bank"
     rows = [{"id": f"r{i:05d}", "instruction": "", "input": "", "output": text + ("." * (i % 3))}
             for i in range(3000)]
@@ -148,7 +135,7 @@ def test_many_copies_link_to_the_smallest_id(ray_cluster):
     assert len(got) == 2999 and set(got.values()) == {"r00000"}
 
 
-def test_exact_dedup_keeps_smallest_id(ray_cluster):
+def test_exact_dedup_keeps_smallest_id(ray_session):
     rows = [{"id": "b", "instruction": "Say hi", "input": "", "output": "Hi!", "model": ""},
             {"id": "a", "instruction": "say   HI.", "input": "", "output": "hi", "model": ""},
             {"id": "c", "instruction": "Say hi", "input": "x", "output": "Hi!", "model": ""},
@@ -173,7 +160,7 @@ def test_bucket_components_are_those_of_all_pairs():
         assert roots.tolist() == [0, 1, 1, 0, 1] + [5] * 20 + [25, 5] and peeled == n_peeled
 
 
-def test_connected_components_large_small_star(ray_cluster):
+def test_connected_components_large_small_star(ray_session):
     rng = random.Random(3)
     nodes = [f"n{i:04d}" for i in range(400)]
     edges = set()

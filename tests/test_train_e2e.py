@@ -18,11 +18,11 @@ from pipelines.config import Config  # noqa: E402
 from pipelines.models import resolve_model  # noqa: E402
 from train.launch import run_training  # noqa: E402
 
-EVAL_FILE = Path("/work/shared/data/self-instruct/user_oriented_instructions.jsonl")
+EVAL_FILE = Path(__file__).resolve().parents[2] / "shared/data/self-instruct/user_oriented_instructions.jsonl"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("train_e2e")
     tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
     torch.manual_seed(0)
@@ -36,9 +36,7 @@ def run_dir(tmp_path_factory):
                        system="Be brief." if i % 3 == 0 else "")
             for i, w in enumerate(["apple", "river", "stone", "cloud", "tiger", "bread", "lamp", "green"] * 4)]
     io.write_shards(rows, root / "run" / "data", rows_per_shard=16)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield root
-    ray.shutdown()
+    return root
 
 
 def make_cfg(root, **train):
