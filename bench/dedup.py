@@ -143,7 +143,8 @@ def make_corpus(n: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
 
 
 def truth(table: pa.Table, groups: np.ndarray, threshold: float) -> tuple[set, list]:
-    """Ids brute force removes (exact Jaccard within planted groups -> components), and pair Jaccards."""
+    """Ids brute force removes (exact Jaccard within planted groups -> components), and the planted
+    pairs as (id, id, Jaccard)."""
     ids, texts = table["id"].to_pylist(), list(zip(*(table[c].to_pylist() for c in COLS)))
     by_group: dict[int, list[int]] = {}
     for i, g in enumerate(groups.tolist()):
@@ -163,7 +164,7 @@ def truth(table: pa.Table, groups: np.ndarray, threshold: float) -> tuple[set, l
         for a in range(len(keys)):
             for b in range(a + 1, len(keys)):
                 j = len(sets[keys[a]] & sets[keys[b]]) / max(1, len(sets[keys[a]] | sets[keys[b]]))
-                sims.append(j)
+                sims.append((keys[a], keys[b], j))
                 if j >= threshold:
                     ra, rb = find(keys[a]), find(keys[b])
                     parent[max(ra, rb)] = min(ra, rb)
@@ -205,7 +206,7 @@ def run_ours(path: Path, cfg) -> tuple[set, float, int, dict, float]:
         kept, dups, stats = dedup.near_dedup(ds, cfg, COLS)
         dups = dups.materialize()
         secs, cpu = time.time() - t0, cpu_seconds() - c0
-    removed = {r["id"] for r in dups.select_columns(["id"]).take_all()}
+    removed = {r["id"]: r["_dup"] for r in dups.select_columns(["id", "_dup"]).take_all()}
     return removed, secs, mem.peak, stats, cpu
 
 
@@ -213,7 +214,7 @@ def _baseline(path: str, sample_file: str | None, threshold: float, num_perm: in
     """The baseline, in its own process: writes (seconds, rows, removed ids) to `out`."""
     from datasketch import MinHash, MinHashLSH
 
-    t0 = time.time()
+    t0, c0 = time.time(), sum(os.times()[:2])
     table = pq.read_table(path, columns=["id", *COLS])
     if sample_file:
         keep = set(Path(sample_file).read_text().split())
@@ -229,7 +230,7 @@ def _baseline(path: str, sample_file: str | None, threshold: float, num_perm: in
             removed.append(row["id"])
         lsh.insert(row["id"], m)
     secs = time.time() - t0
-    cpu = sum(os.times()[:2])
+    cpu = sum(os.times()[:2]) - c0
     Path(out).write_text(f"{secs} {table.num_rows} {cpu}\n" + "\n".join(removed))
 
 
@@ -286,29 +287,31 @@ def main(argv=None) -> int:
         for i, s in enumerate(range(0, n, max(1, n // 10))):
             pq.write_table(table.slice(s, max(1, n // 10)), d / f"shard-{i:03d}.parquet")
         true, sims = truth(table, groups, cfg.threshold)
+        sample = None
+        if n > args.baseline_max:  # whole planted groups, ~baseline_max rows
+            keep = (groups % max(1, round(n / args.baseline_max))) == 0
+            sample = set(np.asarray(table["id"].to_pylist())[keep].tolist()) or None
+        del table, groups  # the driver's memory counts as ours
         gen = time.time() - t0
         load = os.getloadavg()[0]
         ours, o_secs, o_mem, stats, o_cpu = run_ours(d, cfg)
         if n == 1000:
             continue
-        sample = None
-        if n > args.baseline_max:  # whole planted groups, ~baseline_max rows
-            k = n / args.baseline_max
-            keep = (groups % max(1, round(k))) == 0
-            sample = set(np.asarray(table["id"].to_pylist())[keep].tolist())
-            if not sample:
-                sample = None
         base, b_secs, b_mem, b_rows, b_cpu = run_baseline(d, sample, cfg.threshold, cfg.num_perm, params)
         b_true = true if sample is None else true & sample
-        r_o, p_o = score(ours, true)
+        r_o, p_o = score(set(ours), true)
         r_b, p_b = score(base, b_true)
-        sims = np.asarray(sims)
+        bands = [(cfg.threshold, 0.8), (0.8, 0.9), (0.9, 1.01)]
+        found = {b: [ours.get(x, x) == ours.get(y, y) for x, y, j in sims if b[0] <= j < b[1]] for b in bands}
+        sims = np.asarray([j for _, _, j in sims])
         pos = sims[sims >= cfg.threshold]
         print(f"\n== {n:,} rows: corpus made in {gen:.0f}s; {len(true):,} true duplicates; planted pairs at "
               f"J>=t: {len(pos):,} (J in [t,0.8): {np.mean(pos < 0.8):.0%}, [0.8,0.9): "
               f"{np.mean((pos >= 0.8) & (pos < 0.9)):.0%}, >=0.9: {np.mean(pos >= 0.9):.0%}); below t: "
               f"{int((sims < cfg.threshold).sum()):,}", flush=True)
         print(f"   ours stats: {stats}")
+        print("   ours, planted pairs at J >= t that end in one component, by J: " + ", ".join(
+            f"[{lo:.1f},{min(hi, 1):.1f}{']' if hi > 1 else ')'} {np.mean(f):.3f}" for (lo, hi), f in found.items() if f))
         o_rate, b_rate = n / o_secs, b_rows / b_secs
         print(f"   {'method':<9} {'rows':>9} {'seconds':>8} {'rows/s':>8} {'cores':>5} {'rows/s/core':>11} "
               f"{'CPU s':>7} {'rows/CPU-s':>10} {'peak GiB':>8} {'recall':>6} {'precision':>9}")

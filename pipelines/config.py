@@ -17,7 +17,8 @@ from pipelines.method_config import BacktranslateConfig, EvolConfig, FlanConfig,
 
 
 class RayConfig(Section):
-    address: Optional[str] = F(None, "Ray cluster address; null starts (or joins) a local cluster.")
+    address: Optional[str] = F(None, "Ray cluster address; null joins a local `ray start` cluster or starts one; "
+                                     "'local' always starts a fresh one.")
     num_cpus: Optional[int] = F(None, "CPUs for a local cluster started by seedforge; null = all.")
 
 

@@ -39,11 +39,10 @@ def _prepare(t: pa.Table, cfg: CurateConfig) -> pa.Table:
     for f in out.schema:  # a null is a missing value: the schema default (text columns: "")
         default = "" if f.name in cfg.columns else schema.DEFAULTS.get(f.name)
         if default is not None and out[f.name].null_count:
-            out = out.set_column(out.schema.get_field_index(f.name), f.name,
-                                 pc.fill_null(out[f.name], pa.scalar(default, f.type)))
+            out = _set(out, f.name, pc.fill_null(out[f.name], pa.scalar(default, f.type)))
     rows = out.select(list(dict.fromkeys([*_TEXT, *cfg.columns, "id"]))).to_pylist()
     ids = [r["id"] or schema.make_id(*(r[c] for c in cfg.columns)) for r in rows]
-    out = out.set_column(out.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
+    out = _set(out, "id", pa.array(ids, pa.string()))
     active = filters.active(cfg.filters)
     fails = [filters.first_failure(r, cfg.filters, active) or ("", "") for r in rows]
     out = out.append_column("_stage", pa.array([f[0] for f in fails], pa.string()))
@@ -51,13 +50,16 @@ def _prepare(t: pa.Table, cfg: CurateConfig) -> pa.Table:
     return dedup.add_keys(out, cfg.columns)
 
 
+def _set(t: pa.Table, name: str, values) -> pa.Table:
+    return t.set_column(t.schema.get_field_index(name), name, values)
+
+
 def _as_rejected(t: pa.Table, stage: str = "", reason: str = "") -> pa.Table:
-    n = t.num_rows
-    out = schema.conform(t, rejected=True)
-    set_ = lambda tab, name, arr: tab.set_column(tab.schema.get_field_index(name), name, arr)
-    out = set_(out, "stage", t["_stage"] if not stage else pa.array([stage] * n, pa.string()))
-    out = set_(out, "reason", t["_reason"] if not reason else pa.array([reason] * n, pa.string()))
-    return set_(out, "duplicate_of", t["_dup"] if "_dup" in t.column_names else pa.array([""] * n, pa.string()))
+    """Rows with `_stage`/`_reason` (filters) or `_dup` (dedup) as REJECTED_SCHEMA rows."""
+    n, out = t.num_rows, schema.conform(t, rejected=True)
+    out = _set(out, "stage", pa.array([stage] * n, pa.string()) if stage else t["_stage"])
+    out = _set(out, "reason", pa.array([reason] * n, pa.string()) if reason else t["_reason"])
+    return _set(out, "duplicate_of", t["_dup"] if "_dup" in t.column_names else pa.array([""] * n, pa.string()))
 
 
 def _value_counts(t: pa.Table, column: str) -> pa.Table:
@@ -75,10 +77,13 @@ def _count_by(ds, column: str) -> dict:
 
 
 def curate_dataset(ds, cfg: CurateConfig | None = None):
-    """(kept, rejected, funnel): materialized datasets of EXAMPLE_SCHEMA / REJECTED_SCHEMA rows."""
+    """Filters -> exact dedup -> near dedup on a Ray dataset with the text columns (any other schema
+    columns optional). Returns (kept, rejected, funnel): materialized datasets of EXAMPLE_SCHEMA and
+    REJECTED_SCHEMA rows (row order unspecified), and {rows_in, rows_out, dropped: {stage: rows},
+    near_dedup: {...}, seconds: {...}}."""
     cfg = cfg or CurateConfig()
     secs, t0 = {}, time.time()
-    rows = dedup.each_block(ds, _prepare, 1024, cfg=cfg).materialize()
+    rows = dedup.each_block(dedup.spread(ds), _prepare, 1024, cfg=cfg).materialize()
     rows_in = rows.count()
     bad = dedup.each_block(rows.filter(expr=col("_reason") != ""), _as_rejected).materialize()
     counts = _count_by(bad, "stage") if bad.count() else {}
@@ -98,8 +103,9 @@ def curate_dataset(ds, cfg: CurateConfig | None = None):
         t0 = time.time()
         m = cfg.minhash
         kept, dups, funnel["near_dedup"] = dedup.near_dedup(kept, m, cfg.columns, cfg.num_partitions)
-        why = (f"near duplicate: {m.shingle} {m.ngram}-gram MinHash, estimated Jaccard >= {m.threshold} within "
-               f"its component" if m.verify else "near duplicate: shares a MinHash LSH band within its component")
+        why = (f"near duplicate of duplicate_of: linked to it by rows of estimated Jaccard >= {m.threshold} "
+               f"({m.shingle} {m.ngram}-grams, MinHash LSH)" if m.verify else
+               "near duplicate of duplicate_of: linked to it by rows sharing a MinHash LSH band")
         rejected.append(dedup.each_block(dups, _as_rejected, stage="near_dedup", reason=why).materialize())
         dropped["near_dedup"] = rejected[-1].count()
         secs["near_dedup"] = time.time() - t0

@@ -16,14 +16,22 @@ from pipelines.models import resolve_model
 
 
 def init_ray(cfg: Config) -> None:
+    """Join the cluster given (or in RAY_ADDRESS, as `ray job submit` sets it); else join a local
+    cluster started with `ray start`, or start one ("local" always starts a fresh one)."""
     import ray
 
     if ray.is_initialized():
         return
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit sets RAY_ADDRESS)
-        ray.init(address=cfg.ray.address or os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "local":
+        ray.init(address=address)
+        return
+    try:
+        ray.init(address=address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    except ValueError as e:  # a `ray start` cluster runs here: join it with its own resources
+        if "existing cluster" not in str(e):
+            raise
+        ray.init()
 
 
 @dataclass

@@ -52,7 +52,7 @@ def test_bad_config_names_the_key(tmp_path, override, match):
 
 def test_tensor_parallel_larger_than_a_node_is_refused(tmp_path):
     code, err = seedforge("generate", "configs/demo.yaml", f"output_dir={tmp_path}/run",
-                          "engine.tensor_parallel_size=4", "ray.num_cpus=1")
+                          "engine.tensor_parallel_size=4", "ray.num_cpus=1", "ray.address=local")
     assert code == 2
     assert "engine.tensor_parallel_size=4" in err and "largest node of this cluster has 0" in err, err[-2000:]
 

@@ -129,7 +129,7 @@ def test_killed_during_round_two_resumes_from_round_two(tmp_path):
     """SIGKILL the driver after round 1 is committed; the rerun keeps round 1 and does round 2."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipelines.cli", "generate", str(REPO / "configs/demo.yaml"),
-           f"output_dir={out}", "generate.rounds=2", "generate.prompts_per_round=6", "ray.num_cpus=2"]
+           f"output_dir={out}", "generate.rounds=2", "generate.prompts_per_round=6", "ray.num_cpus=2", "ray.address=local"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
