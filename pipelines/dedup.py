@@ -143,7 +143,8 @@ def _exact_block(t: pa.Table) -> pa.Table:
 
 
 def exact_dedup(ds, partitions: int | None = None):
-    """(kept, duplicates) of a materialized dataset with `_h`/`_key`; duplicates carry `_dup`."""
+    """(kept, duplicates) of a dataset with `_h`/`_key` (materialized here: partitions are sized from it);
+    duplicates carry `_dup`."""
     ds = ds.materialize()
     marked = by_key(ds, "_h", _exact_block, partitions or _partitions(ds)).materialize()
     return marked.filter(expr=col("_dup") == "").drop_columns(["_dup"]), marked.filter(expr=col("_dup") != "")
