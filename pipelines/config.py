@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 
 
 from pipelines.config_base import F, ConfigError, SamplingConfig, Section  # noqa: F401 (re-exported)
@@ -52,6 +52,13 @@ class GenerateConfig(Section):
     methods: list[Literal["self_instruct", "evol_instruct", "orca", "backtranslate", "flan"]] = F(
         ["self_instruct"], "Generation methods, applied in order (each later one works on the rows so far).")
     rounds: int = F(1, "Self-Instruct rounds; the task pool grows each round.", ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _self_instruct_once(cls, v):
+        if v.count("self_instruct") > 1:  # its rounds already grow one pool; a second pass would share its commits
+            raise ValueError("self_instruct may appear once; use generate.rounds for more rounds")
+        return v
     target_instructions: int = F(1000, "Stop when the pool holds this many machine instructions.", ge=1)
     prompts_per_round: int = F(64, "Instruction-generation prompts per round.", ge=1)
     num_human: int = F(6, "Human seed instructions shown per prompt.", ge=0)

@@ -119,13 +119,17 @@ def run_flan(cfg: FlanConfig, seed: int):
                               template=f"{fam}/{index}", meta=json.dumps(meta, sort_keys=True)))
         counts[(fam, op)] += 1
 
+    where = {x[0]: k for fam_rows in by_family.values() for k, x in enumerate(fam_rows)}  # source row -> slot
     for i, sid, r in good:
         fam, opts = r["family"], options.get(r["family"], [])
         index = _rng(seed, sid, "template").randrange(len(TEMPLATES[fam]))
         tpl = TEMPLATES[fam][index]
-        others = [x for x in by_family[fam] if x[1] != sid]
-        if others and _rng(seed, sid, "few_shot").random() < cfg.few_shot_rate:
-            shots = _rng(seed, sid, "exemplars").sample(others, min(cfg.k, len(others)))
+        fam_rows, me = by_family[fam], where[i]
+        n_other = len(fam_rows) - 1
+        if n_other and _rng(seed, sid, "few_shot").random() < cfg.few_shot_rate:
+            # exemplars: a sample of the family without this row, drawn by index (O(k), not O(n))
+            picks = _rng(seed, sid, "exemplars").sample(range(n_other), min(cfg.k, n_other))
+            shots = [fam_rows[j + (j >= me)] for j in picks]
             parts = [f"{few_shot_query(render(tpl, x, opts, cfg))} {x['label']}" for _, _, x in shots]
             prompt = "\n\n".join(parts + [few_shot_query(render(tpl, r, opts, cfg))])
             emit(i, sid, r, prompt, r["label"], index, "few_shot", {"exemplars": [s for _, s, _ in shots]})

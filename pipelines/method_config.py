@@ -32,8 +32,8 @@ class EvolConfig(Section):
     equality_check: bool = F(True, "Ask the model whether the evolved instruction adds no information over "
                                    "its parent (Yes/No structured choice); Yes drops the evolution.")
     min_response_words: int = F(3, "Responses with fewer words are dropped as too short.", ge=0)
-    refusal_max_words: Optional[int] = F(None, "A response containing 'sorry' is a refusal only when it has fewer "
-                                               "words than this (the paper used 80); null = at any length.", ge=1)
+    refusal_max_words: Optional[int] = F(80, "A response containing 'sorry' is a refusal only when it has fewer "
+                                             "words than this (the paper's rule: 80); null = at any length.", ge=1)
     sampling: EvolSampling = F(EvolSampling(), "Sampling per Evol-Instruct step.")
 
 

@@ -49,12 +49,23 @@ METHODS = {"self_instruct": _self_instruct, "evol_instruct": _evol, "orca": _orc
            "backtranslate": _backtranslate, "flan": _flan}
 
 
-def run_method(method: str, rows: list[dict], ctx) -> tuple[list[dict], list[dict], dict]:
+def stage_names(methods: list[str]) -> list[str]:
+    """One name per entry of generate.methods: the method, then method-2, method-3 for repeats
+    (e.g. evol_instruct twice evolves the evolved rows again), each its own commit directory."""
+    seen: dict[str, int] = {}
+    out = []
+    for m in methods:
+        seen[m] = seen.get(m, 0) + 1
+        out.append(m if seen[m] == 1 else f"{m}-{seen[m]}")
+    return out
+
+
+def run_method(method: str, rows: list[dict], ctx, name: str | None = None) -> tuple[list[dict], list[dict], dict]:
     if method == "self_instruct":
         return _self_instruct(rows, ctx)
-    done = Path(ctx.run_dir) / "stages" / method
+    done = Path(ctx.run_dir) / "stages" / (name or method)
     if (done / "stats.json").exists():  # committed by an earlier attempt of this run
-        ctx.log(f"{method}: already committed, reusing its rows")
+        ctx.log(f"{name or method}: already committed, reusing its rows")
         return io.read_rows(done / "rows.parquet"), io.read_rows(done / "rejected.parquet", rejected=True), \
             io.read_json(done / "stats.json")
     new, bad, stats = METHODS[method](rows, ctx)

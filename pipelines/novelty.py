@@ -357,17 +357,19 @@ class NoveltyIndex:
         return float(f[0]), self._texts[a[0]]
 
 
-def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None) -> list[tuple[bool, float, str]]:
+def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
+                 max_keep: int | None = None) -> list[tuple[bool, float, str] | None]:
     """In the given order (or sorted by `keys`, e.g. ids, so Ray batching does not matter): keep iff
     best score <= threshold against pool + already kept candidates; kept ones are added to the
     index. Returns (kept, score, most_similar) per candidate, aligned with `candidates`.
     Decisions are exact. Scores are exact for dropped rows; for kept rows with exact_scores=True
     or while the pool is under _FREEZE records, else the lower bound of the module docstring
-    (most_similar "" and 0.0 when no instruction shares two rare words)."""
+    (most_similar "" and 0.0 when no instruction shares two rare words). With max_keep, filtering
+    stops once that many are kept: later candidates get None and are not added to the index."""
     order = sorted(range(len(candidates)), key=lambda k: keys[k]) if keys is not None else range(len(candidates))
     out: list = [None] * len(candidates)
-    c0 = 0
-    while c0 < len(order):
+    c0, nkept = 0, 0
+    while c0 < len(order) and (max_keep is None or nkept < max_keep):
         n0 = len(index)  # below _FREEZE records scores are exact; a chunk does not cross it
         pos = order[c0:c0 + (_CHUNK if n0 >= _FREEZE else min(_CHUNK, _FREEZE - n0))]
         c0 += len(pos)
@@ -388,6 +390,8 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None) -> list[
         kept = np.zeros(nc, bool)
         first_kept = -1
         for i in range(nc):
+            if max_keep is not None and nkept >= max_keep:
+                break
             f, src = float(best[i]), int(arg[i])
             for r, fr in zip(pr[cut[i]:cut[i + 1]].tolist(), pf[cut[i]:cut[i + 1]].tolist()):
                 if kept[r] and fr > f:
@@ -395,6 +399,7 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None) -> list[
             if src < 0 and exact and first_kept >= 0:
                 src = n0 + first_kept  # empty pool: every score is 0, the first record wins
             kept[i] = f <= index.threshold
+            nkept += int(kept[i])
             if kept[i] and first_kept < 0:
                 first_kept = i
             out[pos[i]] = (bool(kept[i]), f, "" if src < 0 else index._texts[src] if src < n0 else texts[src - n0])

@@ -41,7 +41,6 @@ class SelfInstruct:
         self.seeds, self.engine, self.cfg, self.model, self.seed, self.log = seeds, engine, cfg, model_name, seed, log
         self.dir = Path(run_dir) / "stages" / METHOD
         self.index = NoveltyIndex(cfg.rouge_threshold, exact_scores=cfg.exact_novelty_scores)
-        self.parse_failures = 0
         for s in seeds:
             self.index.add(s["instruction"])
         self.machine: list[dict] = []  # pool entries: id, instruction, round
@@ -79,17 +78,23 @@ class SelfInstruct:
                     cands.append(c)
         return cands
 
-    def _classify(self, insts: list[dict]) -> dict[str, bool]:
+    def _classify(self, insts: list[dict], rejected: list[dict]) -> tuple[dict[str, bool], int]:
+        """Flags per instruction id and the number of answers that were neither Yes nor No (counted
+        as not classification). An engine error rejects the instruction: it has no flag."""
         s = self.cfg.sampling.classify
         extra = {"choice": [" Yes", " No"]} if self.cfg.use_structured_output else {}
         outs = self.engine.generate([request(prompt=P.classify_prompt(c["instruction"]), iid=c["id"],
                                              sampling=sampling_json(s, n=1, **extra)) for c in insts])
-        flags = {}
+        by_id = {c["id"]: c for c in insts}
+        flags, failures = {}, 0
         for o in outs:
+            if o["error"]:
+                rejected.append(schema.reject(by_id[o["iid"]], "self_instruct/classify", o["error"]))
+                continue
             f = P.parse_classification(o["text"])
-            self.parse_failures += f is None
+            failures += f is None
             flags[o["iid"]] = bool(f)
-        return flags
+        return flags, failures
 
     def _instances(self, insts: list[dict], r: int, rejected: list[dict]) -> list[dict]:
         s = self.cfg.sampling.instances
@@ -103,8 +108,12 @@ class SelfInstruct:
             c = by_id[o["iid"]]
             clf = c["is_classification"]
             pairs = (P.parse_output_first if clf else P.parse_input_first)(o["text"])
+            cut = []
+            if pairs and o["finish_reason"] == "length":  # the last instance ran into the token limit
+                cut = [(pairs.pop(), "truncated_instance")]
             kept, dropped = P.clean_instances(pairs, self.cfg.max_instances_per_task)
-            if not pairs:
+            dropped = cut + dropped
+            if not pairs and not cut:
                 dropped = [(("", o["text"]), "unparseable_instances")]
             for (inp, out), problem in [(p, "") for p in kept] + dropped:
                 row = schema.row(**{**c, "id": schema.make_id(METHOD, c["id"], inp, out), "input": inp, "output": out,
@@ -127,17 +136,22 @@ class SelfInstruct:
         cands = sorted(self._candidates(outs, r, rejected), key=lambda c: c["id"])  # order independent of Ray
         room = self.cfg.target_instructions - len(self.machine)
         accepted = []
-        for c, (keep, score, similar) in zip(cands, filter_novel(self.index, [c["instruction"] for c in cands])):
+        # past the target, filter_novel stops: those candidates are neither scored nor pooled
+        decisions = filter_novel(self.index, [c["instruction"] for c in cands], max_keep=room)
+        for c, d in zip(cands, decisions):
+            if d is None:
+                rejected.append(schema.reject(c, "self_instruct/target", "target_instructions reached"))
+                continue
+            keep, score, similar = d
             c.update(rouge_l=score, most_similar=similar)
             if not keep:
                 rejected.append(schema.reject(c, "self_instruct/novelty", f"rouge_l_above_threshold: {score:.4f} > {self.cfg.rouge_threshold}"))
-            elif len(accepted) >= room:
-                rejected.append(schema.reject(c, "self_instruct/target", "target_instructions reached"))
             else:
                 accepted.append(c)
         for c in accepted:  # the pool id of an instruction is its content hash
             c["id"] = schema.make_id(METHOD, "instruction", c["instruction"])
-        flags = self._classify(accepted) if accepted else {}
+        flags, failures = self._classify(accepted, rejected) if accepted else ({}, 0)
+        accepted = [c for c in accepted if c["id"] in flags]
         for c in accepted:
             c["is_classification"] = flags[c["id"]]
         rows = self._instances(accepted, r, rejected) if accepted else []
@@ -145,7 +159,7 @@ class SelfInstruct:
         stats = {"round": r, "prompts": self.cfg.prompts_per_round, "completions": len(outs),
                  "candidates": len(cands) + sum(1 for x in rejected if x["stage"].endswith("instruction_filter")),
                  "instructions_kept": len(accepted), "classification": sum(flags.values()),
-                 "classify_parse_failures": self.parse_failures,
+                 "classify_parse_failures": failures,
                  "rows": len(rows), "rejected": _count(rejected), "instruction_tokens": tokens,
                  "seconds": round(time.time() - t0, 2)}
         return {"instructions": accepted, "rows": rows, "rejected": rejected, "stats": stats}

@@ -132,17 +132,23 @@ def output_first_prompt(instruction: str) -> str:
 
 
 def parse_input_first(text: str) -> list[tuple[str, str]]:
-    """(input, output) pairs of an input-first completion; input is "" when the task needs none."""
+    """(input, output) pairs of an input-first completion; input is "" when the task needs none.
+
+    Markers ("Example N", "Input:", "Output:") are read in order: an output runs up to the next
+    marker, so "Input: a Output: b Input: c Output: d" without example headers is two instances."""
     text = re.split(r"\n\s*Task\s*:", text)[0]
-    chunks = re.split(r"Example\s*\d+\s*:?", text)
-    out = []
-    for chunk in chunks:
-        chunk = chunk.strip()
-        if not chunk:
-            continue
-        m = re.match(r"(?:Input\s*:(?P<inp>.*?))?\s*Output\s*:(?P<out>.*)", chunk, flags=re.S)
-        if m:
-            out.append(((m.group("inp") or "").strip(), m.group("out").strip()))
+    out, inp = [], None
+    marks = list(re.finditer(r"(?:^|(?<=\s))(Example\s*\d+\s*:?|Input\s*:|Output\s*:)", text))
+    for k, m in enumerate(marks):
+        body = text[m.end():marks[k + 1].start() if k + 1 < len(marks) else len(text)].strip()
+        kind = m.group(1)[0].lower()
+        if kind == "e":
+            inp = None
+        elif kind == "i":
+            inp = body
+        else:
+            out.append(((inp or "").strip(), body))
+            inp = None
     return out
 
 

@@ -69,16 +69,16 @@ def _write_dir(rows: list[dict], directory: Path, rejected: bool = False) -> Non
 
 
 def generate(ctx: Context) -> dict:
-    from pipelines.methods import run_method
+    from pipelines.methods import run_method, stage_names
 
     cfg, rows, rejected, per_method = ctx.cfg, [], [], {}
     before = dict(ctx._engine.usage) if ctx._engine is not None else {}  # a shared pool counts for many runs
-    for method in cfg.generate.methods:
-        new, bad, stats = run_method(method, rows, ctx)
+    for method, name in zip(cfg.generate.methods, stage_names(cfg.generate.methods)):
+        new, bad, stats = run_method(method, rows, ctx, name)
         rows += new
         rejected += bad
-        per_method[method] = {"rows": len(new), "rejected": len(bad), **stats}
-        ctx.log(f"generate/{method}: {len(new)} rows, {len(bad)} rejected")
+        per_method[name] = {"rows": len(new), "rejected": len(bad), **stats}
+        ctx.log(f"generate/{name}: {len(new)} rows, {len(bad)} rejected")
     io.write_shards(rejected, ctx.run_dir / "rejected", prefix="generate", rejected=True)
     _write_dir(rows, ctx.run_dir / "stages" / "generate")
     usage = {k: v - before.get(k, 0) for k, v in ctx._engine.usage.items()} if ctx._engine is not None else {}
