@@ -64,8 +64,9 @@ class GenerateConfig(Section):
     num_human: int = F(6, "Human seed instructions shown per prompt.", ge=0)
     num_machine: int = F(2, "Machine instructions shown per prompt (fewer while the pool has fewer).", ge=0)
     rouge_threshold: float = F(0.7, "Drop an instruction whose ROUGE-L F with the pool exceeds this.", ge=0, le=1)
-    exact_novelty_scores: bool = F(False, "Compute the exact best ROUGE-L and most similar instruction for kept "
-                                          "rows too (decisions are always exact; this costs time linear in the pool).")
+    exact_novelty_scores: bool = F(True, "Store the exact best ROUGE-L and most similar instruction on kept rows "
+                                         "too (decisions are always exact; false saves ~10x filter time at 200k+ "
+                                         "instructions, kept rows then carry a lower bound).")
     max_instances_per_task: int = F(5, "Most instances kept per instruction.", ge=1)
     use_structured_output: bool = F(True, "Answer the classification question with a Yes/No choice via vLLM structured output.")
     sampling: SelfInstructSampling = F(SelfInstructSampling(), "Sampling parameters per Self-Instruct step.")

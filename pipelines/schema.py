@@ -32,7 +32,7 @@ _FIELDS = [
     ("finish_reason", pa.string(), "", "Engine finish reason of the output: stop, length, ..."),
     ("prompt_tokens", pa.int32(), 0, "Prompt tokens spent on the generation that produced the row."),
     ("output_tokens", pa.int32(), 0, "Output tokens spent on the generation that produced the row."),
-    ("rouge_l", pa.float64(), None, "ROUGE-L F to the most similar pool instruction (novelty filter; exact for dropped rows, a lower bound for kept rows of a large pool unless generate.exact_novelty_scores)."),
+    ("rouge_l", pa.float64(), None, "ROUGE-L F to the most similar pool instruction (novelty filter; exact, or a lower bound on kept rows when generate.exact_novelty_scores is false)."),
     ("most_similar", pa.string(), "", "The most similar pool instruction found by the novelty filter."),
     ("score", pa.float32(), None, "Model-judged quality score (back-translation self-curation), if any."),
     ("meta", pa.string(), "{}", "JSON with method-specific extras."),
