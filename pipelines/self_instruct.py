@@ -119,9 +119,12 @@ class SelfInstruct:
                 row = schema.row(**{**c, "id": schema.make_id(METHOD, c["id"], inp, out), "input": inp, "output": out,
                                     "instruction_id": c["id"], "operation": "output_first" if clf else "input_first",
                                     "template": P.OUTPUT_FIRST_TEMPLATE if clf else P.INPUT_FIRST_TEMPLATE,
-                                    "sampling_params": o["sampling"], "finish_reason": o["finish_reason"],
+                                    # an instance before the cut-off ended at the next marker: it is complete
+                                    "sampling_params": o["sampling"],
+                                    "finish_reason": "length" if problem == "truncated_instance" else "stop",
                                     "prompt_tokens": o["prompt_tokens"], "output_tokens": o["output_tokens"],
-                                    "meta": json.dumps({"instruction_finish_reason": c["finish_reason"],
+                                    "meta": json.dumps({"completion_finish_reason": o["finish_reason"],
+                                                        "instruction_finish_reason": c["finish_reason"],
                                                         "instruction_sampling": c["sampling_params"]})})
                 if problem:
                     rejected.append(schema.reject(row, "self_instruct/instance_filter", problem))

@@ -56,6 +56,8 @@ def test_round_rows_truncation_and_classification(tmp_path):
     assert clf and other
     assert {(r["input"], r["output"]) for r in clf} == {("The cat found home.", "Happy")}  # "Sad" was cut off
     assert all(r["operation"] == "output_first" for r in clf)
+    assert all(r["finish_reason"] == "stop" for r in clf)  # complete, though its completion was cut off
+    assert all('"completion_finish_reason": "length"' in r["meta"] for r in clf)
     assert {(r["input"], r["output"]) for r in other} == {("one", "first answer"), ("two", "second answer")}
     reasons = [x["reason"] for x in rejected]
     assert reasons.count("truncated_instance") == 3
