@@ -61,3 +61,12 @@ def _fields(model: type[BaseModel], prefix=""):
 def test_every_field_has_a_description():
     missing = [k for k, f in _fields(Config) if not (f.description or "").strip()]
     assert missing == []
+
+
+def test_repeated_methods_get_their_own_stage_and_self_instruct_only_once():
+    from pipelines.methods import stage_names
+
+    assert stage_names(["self_instruct", "evol_instruct", "orca", "evol_instruct"]) == \
+        ["self_instruct", "evol_instruct", "orca", "evol_instruct-2"]
+    with pytest.raises(ConfigError, match=r"generate\.methods: .*self_instruct may appear once"):
+        load_config(None, ["generate.methods=[self_instruct, self_instruct]"])
