@@ -52,13 +52,6 @@ class GenerateConfig(Section):
     methods: list[Literal["self_instruct", "evol_instruct", "orca", "backtranslate", "flan"]] = F(
         ["self_instruct"], "Generation methods, applied in order (each later one works on the rows so far).")
     rounds: int = F(1, "Self-Instruct rounds; the task pool grows each round.", ge=1)
-
-    @field_validator("methods")
-    @classmethod
-    def _self_instruct_once(cls, v):
-        if v.count("self_instruct") > 1:  # its rounds already grow one pool; a second pass would share its commits
-            raise ValueError("self_instruct may appear once; use generate.rounds for more rounds")
-        return v
     target_instructions: int = F(1000, "Stop when the pool holds this many machine instructions.", ge=1)
     prompts_per_round: int = F(64, "Instruction-generation prompts per round.", ge=1)
     num_human: int = F(6, "Human seed instructions shown per prompt.", ge=0)
@@ -70,6 +63,13 @@ class GenerateConfig(Section):
     max_instances_per_task: int = F(5, "Most instances kept per instruction.", ge=1)
     use_structured_output: bool = F(True, "Answer the classification question with a Yes/No choice via vLLM structured output.")
     sampling: SelfInstructSampling = F(SelfInstructSampling(), "Sampling parameters per Self-Instruct step.")
+
+    @field_validator("methods")
+    @classmethod
+    def _self_instruct_once(cls, v):
+        if v.count("self_instruct") > 1:  # its rounds already grow one pool; a second pass would share its commits
+            raise ValueError("self_instruct may appear once; use generate.rounds for more rounds")
+        return v
 
 
 class MinHashConfig(Section):
