@@ -26,10 +26,19 @@ def cpu_env() -> dict:
 
 class VLLMEngine:
     def __init__(self, model: str, max_model_len: int = 2048, engine_kwargs: dict | None = None,
-                 cpu_kvcache_gb: int = 1):
+                 cpu_kvcache_gb: int = 1, cpu_threads: int | None = None):
+        """`cpu_threads`: None on GPUs; on the CPU, the compute threads (0 = every core we may use)."""
         for k, v in cpu_env().items():
             os.environ.setdefault(k, v)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gb))
+        if cpu_threads is not None:
+            # Ray sets OMP_NUM_THREADS=num_cpus (often 1) in actors; a CPU engine is the node's main
+            # compute, so it takes the cores. Before LLM(): vLLM's CPU worker forbids later changes.
+            import torch
+
+            n = cpu_threads or len(os.sched_getaffinity(0))
+            os.environ["OMP_NUM_THREADS"] = str(n)
+            torch.set_num_threads(n)
         from vllm import LLM  # imported here: ~10 s, and only engine processes need it
 
         self.max_model_len = max_model_len
@@ -111,6 +120,12 @@ class VLLMEngine:
     def pid(self) -> int:
         """The engine actor's process id (tests kill it to check restarts)."""
         return os.getpid()
+
+    def threads(self) -> dict:
+        """Compute threads the engine runs with, and the cores it may use (tests check the CPU path)."""
+        import torch
+
+        return {"torch": torch.get_num_threads(), "cores": len(os.sched_getaffinity(0))}
 
 
 def _dict_rows(batch: dict) -> list[dict]:

@@ -33,6 +33,9 @@ class EngineConfig(Section):
     batch_size: int = F(64, "Rows per Ray Data batch sent to an engine.", ge=1)
     gpu_memory_utilization: float = F(0.9, "Share of GPU memory vLLM may use.", gt=0, le=1)
     enforce_eager: bool = F(True, "Skip CUDA graph / compile warm-up (fast start; the CPU needs it).")
+    cpu_threads: Optional[int] = F(
+        None, "Compute threads of a CPU engine; null = every core the engine process may run on. Ray caps "
+              "an actor's threads at its num_cpus (OMP_NUM_THREADS), which on the CPU would leave cores idle.", ge=1)
     cpu_kvcache_gb: int = F(1, "KV cache size in GiB on the CPU (VLLM_CPU_KVCACHE_SPACE).", ge=1)
     max_retries: int = F(3, "Times a failed engine call is retried (actor restart included).", ge=0)
 
@@ -170,7 +173,8 @@ class TrainConfig(Section):
 class Config(Section):
     model: str = F("smollm2-135m", "Model: smollm2-135m (embedded), a Hugging Face id or a local folder.")
     seed_file: str = F("configs/data/seed_tasks.jsonl", "Seed tasks (Self-Instruct JSONL format).")
-    output_dir: str = F("runs/demo", "Run directory: data/, rejected/, manifest.json, model/.")
+    output_dir: str = F("runs/demo", "Run directory: data/, rejected/, manifest.json, model/. A path (local or a "
+                                     "shared file system) or a pyarrow.fs URI such as s3://bucket/runs/x.")
     data_dir: Optional[str] = F(None, "Parquet to train on; default output_dir/data.")
     seed: int = F(0, "Random seed for sampling prompts.")
     ray: RayConfig = F(RayConfig(), "Ray cluster.")

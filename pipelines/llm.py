@@ -57,8 +57,9 @@ class EnginePool:
             num_cpus=cfg.num_cpus, num_gpus=gpus, max_restarts=cfg.max_retries,
             max_task_retries=cfg.max_retries, runtime_env={"env_vars": cpu_env()} if gpus == 0 else None)
         t = time.time()
-        self.engines = [actor.remote(model_path, cfg.max_model_len, engine_args(cfg, seed), cfg.cpu_kvcache_gb)
-                        for _ in range(cfg.pool_size)]
+        threads = (cfg.cpu_threads or 0) if gpus == 0 and cfg.tensor_parallel_size == 1 else None
+        self.engines = [actor.remote(model_path, cfg.max_model_len, engine_args(cfg, seed), cfg.cpu_kvcache_gb,
+                                     threads) for _ in range(cfg.pool_size)]
         ray.get([e.claim.remote("start", "start") for e in self.engines])  # wait until loaded
         self.startup_s = time.time() - t
         self.usage = {"requests": 0, "prompt_tokens": 0, "output_tokens": 0, "seconds": 0.0}

@@ -18,7 +18,8 @@ def _self_instruct(rows, ctx):
 
     cfg = ctx.cfg
     seeds = load_seed_tasks(cfg.seed_file)
-    return SelfInstruct(seeds, ctx.engine, cfg.generate, cfg.model, ctx.run_dir, cfg.seed, ctx.log).run()
+    return SelfInstruct(seeds, ctx.engine, cfg.generate, cfg.model, ctx.run_dir, cfg.seed, ctx.log,
+                        on_commit=ctx.sync).run()
 
 
 def _evol(rows, ctx):
@@ -72,4 +73,5 @@ def run_method(method: str, rows: list[dict], ctx, name: str | None = None) -> t
     io.write_rows(new, done / "rows.parquet")
     io.write_rows(bad, done / "rejected.parquet", rejected=True)
     io.write_json(stats, done / "stats.json")  # written last: its presence marks the commit
+    ctx.sync()
     return new, bad, stats

@@ -49,10 +49,18 @@ def config_hash(cfg: Config) -> str:
 
 
 class RunDir:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, uri: str | None = None):
+        """`uri`: the remote output_dir this local directory mirrors (pipelines.remote), if any."""
+        self.cfg, self.uri = cfg, uri
         self.path = Path(cfg.output_dir)
         self.manifest_path = self.path / "manifest.json"
+
+    def sync(self) -> None:
+        """After every commit: mirror the local run directory to its URI (manifest last)."""
+        if self.uri:
+            from pipelines import remote
+
+            remote.push(self.path, self.uri)
 
     def manifest(self) -> dict:
         return io.read_json(self.manifest_path, {}) or {}
@@ -61,6 +69,7 @@ class RunDir:
         m = self.manifest()
         m.update(keys)
         io.write_json(m, self.manifest_path)
+        self.sync()
         return m
 
     def prepare(self, overwrite: bool) -> dict:
@@ -80,7 +89,8 @@ class RunDir:
                            f"(hash {m.get('config_hash')} != {config_hash(self.cfg)}); "
                            "use --overwrite to start over or choose another output_dir")
         if not m:
-            m = self.update(config=self.cfg.model_dump(), config_hash=config_hash(self.cfg),
+            m = self.update(config={**self.cfg.model_dump(), "output_dir": self.uri or str(self.path)},
+                            config_hash=config_hash(self.cfg),
                             versions=versions(), stages={}, status="running")
         return m
 
@@ -91,6 +101,7 @@ class RunDir:
         m = self.manifest()
         m.setdefault("stages", {})[name] = {"status": "done", **stats}
         io.write_json(m, self.manifest_path)
+        self.sync()
 
 
 def count_rows(directory: Path) -> int:
@@ -129,7 +140,11 @@ def run(cfg: Config, overwrite: bool = False, stages: list[str] | None = None, e
 
     wanted = stages or [name for name, _ in S.STAGES if name != "train" or cfg.train.enabled]
     preflight(cfg, wanted)
-    rd = RunDir(cfg)
+    uri = cfg.output_dir if remote_uri(cfg.output_dir) else None
+    if uri:
+        cfg = stage_remote(cfg, uri, overwrite)
+        overwrite = False  # done by stage_remote, remote and local
+    rd = RunDir(cfg, uri)
     m = rd.prepare(overwrite)
     if m.get("status") == "done" and all(rd.stage_done(s) for s in wanted):
         log(f"{rd.path} is a finished run of this config: nothing to do (use --overwrite to start over)")
@@ -137,7 +152,8 @@ def run(cfg: Config, overwrite: bool = False, stages: list[str] | None = None, e
     S.init_ray(cfg)
     if "generate" in wanted:
         check_gpus(cfg)
-    ctx = S.Context(cfg=cfg, run_dir=rd.path, log=log, _engine=engine, owns_engine=engine is None)
+    ctx = S.Context(cfg=cfg, run_dir=rd.path, log=log, _engine=engine, owns_engine=engine is None,
+                    sync=rd.sync, output_uri=uri)
     t0 = time.time()
     try:
         for name, fn in S.STAGES:
@@ -158,7 +174,33 @@ def run(cfg: Config, overwrite: bool = False, stages: list[str] | None = None, e
     status = "done" if all(rd.stage_done(s) for s in wanted) else "partial"
     m = rd.update(status=status, files=files, wall_seconds=round(time.time() - t0, 2))
     summary(m, rd.path)
+    if uri:
+        print(f"  mirrored to: {uri}", flush=True)
     return m
+
+
+def remote_uri(path) -> bool:
+    from pipelines import remote
+
+    return remote.is_uri(path)
+
+
+def stage_remote(cfg: Config, uri: str, overwrite: bool) -> Config:
+    """An object-store output_dir: work in a local staging copy of it (see pipelines.remote)."""
+    from pipelines import remote
+
+    local = remote.staging_dir(uri)
+    try:
+        remote.check_writable(uri)
+        if overwrite:
+            remote.clear(uri)
+            shutil.rmtree(local, ignore_errors=True)
+        elif n := remote.pull(uri, local):
+            log(f"{uri}: fetched {n} committed files to {local}")
+    except OSError as e:
+        raise RunError(str(e)) from None
+    log(f"output_dir {uri}: staged in {local}, mirrored after every commit")
+    return cfg.model_copy(update={"output_dir": str(local)})
 
 
 def summary(m: dict, path: Path) -> None:

@@ -37,8 +37,10 @@ def _engine_rejects(outs: list[dict], stage: str) -> tuple[list[dict], list[dict
 
 class SelfInstruct:
     def __init__(self, seeds: list[dict], engine, cfg: GenerateConfig, model_name: str, run_dir: str, seed: int = 0,
-                 log=print):
+                 log=print, *, on_commit=lambda: None):
+        """`on_commit` runs after each committed round (a remote output_dir mirrors it)."""
         self.seeds, self.engine, self.cfg, self.model, self.seed, self.log = seeds, engine, cfg, model_name, seed, log
+        self.on_commit = on_commit
         self.dir = Path(run_dir) / "stages" / METHOD
         self.index = NoveltyIndex(cfg.rouge_threshold, exact_scores=cfg.exact_novelty_scores)
         for s in seeds:
@@ -177,6 +179,7 @@ class SelfInstruct:
         io.write_rows(res["rejected"], tmp / "rejected.parquet", rejected=True)
         io.write_json(res["stats"], tmp / "stats.json")
         os.rename(tmp, final)  # the commit point: a round directory is complete or absent
+        self.on_commit()
 
     def committed(self) -> list[Path]:
         return sorted(self.dir.glob("round-*")) if self.dir.is_dir() else []

@@ -41,6 +41,8 @@ class Context:
     log: callable
     _engine: object = field(default=None, repr=False)
     owns_engine: bool = True
+    sync: callable = lambda: None  # mirror committed work to a remote output_dir (pipelines.remote)
+    output_uri: str | None = None  # that remote output_dir, if any
 
     @property
     def engine(self):
@@ -101,7 +103,9 @@ def train(ctx: Context) -> dict:
     from train.launch import run_training
 
     ctx.close()
-    return run_training(ctx.cfg)
+    # A remote run keeps its checkpoints at the URI (Ray Train writes there itself), so a rerun on
+    # another machine resumes from them.
+    return run_training(ctx.cfg, storage=f"{ctx.output_uri.rstrip('/')}/ray_train" if ctx.output_uri else None)
 
 
 STAGES = [

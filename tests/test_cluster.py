@@ -125,16 +125,22 @@ def head_node():
 
 
 def test_ray_job_submit_runs_the_flan_demo(head_node, tmp_path):
-    """`ray job submit --working-dir . -- python -m pipelines.cli run configs/flan_demo.yaml`."""
-    out = tmp_path / "flan"
+    """`ray job submit --working-dir . -- python -m pipelines.cli run configs/flan_demo.yaml`, with
+    the output on a pyarrow.fs URI (file:// takes the path s3:// takes) and two training steps whose
+    checkpoints Ray Train writes to that URI; then a rerun from another staging directory (another
+    machine) fetches the committed run and does nothing."""
+    out = tmp_path / "bucket" / "flan"
+    uri = f"file://{out}"
     sid = f"seedforge-test-{uuid.uuid4().hex[:8]}"
     excludes = [".git", ".venv", "runs", "**/__pycache__", ".pytest_cache", "*.egg-info"]
+    runtime_env = {"excludes": excludes, "env_vars": {"SEEDFORGE_STAGING": str(tmp_path / "staging-job")}}
     t = time.time()
     sub = subprocess.run(
         [RAY, "job", "submit", "--address", head_node["address"], "--submission-id", sid,
-         "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": excludes}),
-         "--", "python", "-m", "pipelines.cli", "run", "configs/flan_demo.yaml", f"output_dir={out}"],
-        cwd=REPO, env=head_node["env"], capture_output=True, text=True, timeout=300)
+         "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env),
+         "--", "python", "-m", "pipelines.cli", "run", "configs/flan_demo.yaml", f"output_dir={uri}",
+         "train.enabled=true", "train.max_steps=2", "train.checkpoint_every=1", "train.eval_fraction=0"],
+        cwd=REPO, env=head_node["env"], capture_output=True, text=True, timeout=600)
     took = time.time() - t
     status = subprocess.run(  # the job server's own record of the job (token auth from env)
         [sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient as C; "
@@ -144,15 +150,31 @@ def test_ray_job_submit_runs_the_flan_demo(head_node, tmp_path):
     assert status.stdout.strip().splitlines()[-1:] == ["SUCCEEDED"], f"status: {status.stdout}{status.stderr}\n{logs}"
     assert sub.returncode == 0, logs
     m = json.loads((out / "manifest.json").read_text())
-    assert m["status"] == "done"
+    assert m["status"] == "done" and m["config"]["output_dir"] == uri
     rows = pq.read_table(out / "data").num_rows
     assert rows > 0 and rows == m["files"]["data_rows"]
-    assert m["stages"]["generate"]["rows"] > 0
+    assert m["stages"]["generate"]["rows"] > 0 and m["stages"]["train"]["steps"] == 2
+    assert (out / "model" / "config.json").exists() and list((out / "model").glob("*.safetensors"))
+    assert list((out / "ray_train" / "train").glob("checkpoint_*")), "Ray Train wrote no checkpoint to the URI"
+    staged = [p for p in (tmp_path / "staging-job").iterdir()]
+    assert len(staged) == 1 and (staged[0] / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
     # The job really ran on our head node, not on a cluster of its own.
     assert "submitted successfully" in sub.stdout + sub.stderr
     driver_log = Path(head_node["temp_dir"]) / "session_latest" / "logs" / f"job-driver-{sid}.log"
     assert f"Connecting to existing Ray cluster at address: {head_node['gcs']}" in driver_log.read_text()
-    print(f"job {sid}: SUCCEEDED in {took:.0f}s, {rows} rows")
+
+    # Another machine (an empty staging directory): the rerun fetches the run and has nothing to do.
+    again = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "configs/flan_demo.yaml", f"output_dir={uri}",
+         "train.enabled=true", "train.max_steps=2", "train.checkpoint_every=1", "train.eval_fraction=0"],
+        cwd=REPO, env={**_clean_env(), "SEEDFORGE_STAGING": str(tmp_path / "staging-other")},
+        capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "committed files" in again.stderr and "nothing to do" in again.stderr, again.stderr[-3000:]
+    other = next((tmp_path / "staging-other").iterdir())
+    assert pq.read_table(other / "data").num_rows == rows
+    assert json.loads((out / "manifest.json").read_text()) == m  # the rerun changed nothing remotely
+    print(f"job {sid}: SUCCEEDED in {took:.0f}s, {rows} rows, output on {uri}")
 
 
 # -- 2. an engine actor killed mid-batch ---------------------------------------------------------

@@ -27,7 +27,8 @@ def loop_config(cfg, model_path: str, has_eval: bool, **extra) -> dict:
     return c
 
 
-def build_trainer(cfg, datasets: dict, train_loop_config: dict):
+def build_trainer(cfg, datasets: dict, train_loop_config: dict, storage: str | None = None):
+    """`storage`: where Ray Train keeps checkpoints (a path or URI); default {output_dir}/ray_train."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
@@ -35,9 +36,9 @@ def build_trainer(cfg, datasets: dict, train_loop_config: dict):
     from train.recipe import train_func
 
     t = cfg.train
-    storage = Path(cfg.output_dir).resolve() / "ray_train"
+    storage = storage or str(Path(cfg.output_dir).resolve() / "ray_train")
     if not t.resume:
-        shutil.rmtree(storage / RUN_NAME, ignore_errors=True)
+        _clear_checkpoints(f"{storage}/{RUN_NAME}")
     return TorchTrainer(
         train_func,
         train_loop_config=train_loop_config,
@@ -45,13 +46,24 @@ def build_trainer(cfg, datasets: dict, train_loop_config: dict):
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=RUN_NAME, storage_path=str(storage),
+            name=RUN_NAME, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
         datasets=datasets,
         # preserve_order: the same rows reach a worker in the same order on a rerun (resume skips by count).
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
+
+
+def _clear_checkpoints(path: str) -> None:
+    if "://" not in path:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    if fs.get_file_info(p).type != pafs.FileType.NotFound:
+        fs.delete_dir(p)
 
 
 def _publish(src: str, dest: Path) -> None:
@@ -86,7 +98,7 @@ def summarize(progress: dict) -> dict:
     }
 
 
-def run_training(cfg, **test_hooks) -> dict:
+def run_training(cfg, storage: str | None = None, **test_hooks) -> dict:
     """Train cfg.model on cfg.data_dir (or {output_dir}/data); write {output_dir}/model and the
     manifest's "train" key; return the summary. `test_hooks` (e.g. crash_at_step) go to the workers."""
     t = cfg.train
@@ -95,7 +107,7 @@ def run_training(cfg, **test_hooks) -> dict:
     out = Path(cfg.output_dir)
     model_path = resolve_model(cfg.model)
     datasets = tdata.load_datasets(cfg.data_dir or str(out / "data"), t.eval_fraction)
-    trainer = build_trainer(cfg, datasets, loop_config(cfg, model_path, "eval" in datasets, **test_hooks))
+    trainer = build_trainer(cfg, datasets, loop_config(cfg, model_path, "eval" in datasets, **test_hooks), storage)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {out / 'ray_train' / RUN_NAME}")
