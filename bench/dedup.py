@@ -260,6 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--num-perm", type=int, default=128)
+    ap.add_argument("--fn-weight", type=float, default=None,
+                    help="false-negative weight of the LSH parameter choice (default: MinHashConfig's)")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster (ours)")
     ap.add_argument("--baseline-max", type=int, default=100_000, help="sample the baseline above this many rows")
     ap.add_argument("--workdir", default="/tmp/seedforge-bench-dedup")
@@ -268,13 +270,15 @@ def main(argv=None) -> int:
     import ray
     from pipelines.config import MinHashConfig
 
-    cfg = MinHashConfig(threshold=args.threshold, num_perm=args.num_perm)
-    params = minhash.lsh_params(cfg.threshold, cfg.num_perm)
+    cfg = MinHashConfig(threshold=args.threshold, num_perm=args.num_perm,
+                        **({"fn_weight": args.fn_weight} if args.fn_weight is not None else {}))
+    params = minhash.lsh_params(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows, cfg.fn_weight)  # both use these
     # idle workers kept (as curate() does): Ray Data's shuffles otherwise restart their worker pool each time
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
              _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
     ray.data.DataContext.get_current().enable_progress_bars = False
-    print(f"threshold {cfg.threshold}, num_perm {cfg.num_perm}, LSH bands x rows {params}, word 3-grams; "
+    print(f"threshold {cfg.threshold}, num_perm {cfg.num_perm}, LSH bands x rows {params} (fn_weight "
+          f"{cfg.fn_weight}), word 3-grams; "
           f"ours on {args.cpus} Ray CPUs, baseline on 1 core; host has {os.cpu_count()} cores", flush=True)
     work = Path(args.workdir)
     results = {}

@@ -83,6 +83,9 @@ class MinHashConfig(Section):
     ngram: int = F(3, "Shingle size (words or characters); a shorter text is one shingle.", ge=1)
     bands: Optional[int] = F(None, "LSH bands; null lets datasketch's optimiser choose for the threshold.", ge=1)
     rows: Optional[int] = F(None, "LSH rows per band; null lets datasketch's optimiser choose.", ge=1)
+    fn_weight: float = F(0.7, "Weight of false negatives in datasketch's choice of bands/rows (its weights="
+                              "(1 - w, w)). Above 0.5 favours recall: more candidate pairs, which verification "
+                              "then checks, so precision hardly moves. datasketch's default is 0.5.", gt=0, lt=1)
     verify: bool = F(True, "Keep only candidate links whose estimated Jaccard reaches the threshold.")
     seed: int = F(1, "MinHash seed (datasketch's default is 1).")
     batch_size: int = F(1024, "Rows per signature batch (Ray Data map_batches).", ge=1)

@@ -394,7 +394,7 @@ def near_dedup(ds, cfg: MinHashConfig, columns: list[str], partitions: int | Non
     """(kept, duplicates, stats) of a dataset with `_h`/`_key`; duplicates carry `_dup`."""
     t0, secs = time.time(), {}
     ds = spread(ds)
-    bands, rows = minhash.lsh_params(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows)
+    bands, rows = minhash.lsh_params(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows, cfg.fn_weight)
     sigs = each_block(ds, _sign, cfg.batch_size, columns=columns, cfg=cfg, bands=bands, rows=rows,
                       scheme=minhash.default_scheme()).materialize()
     n = sigs.count()

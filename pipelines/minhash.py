@@ -123,8 +123,9 @@ def signatures(texts: list[str], num_perm: int = 128, seed: int = 1, unit: str =
 
 
 def lsh_params(threshold: float, num_perm: int, bands: int | None = None,
-               rows: int | None = None) -> tuple[int, int]:
-    """(bands, rows): given ones, else datasketch MinHashLSH's optimum for weights (0.5, 0.5)."""
+               rows: int | None = None, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows): given ones, else datasketch MinHashLSH's optimum for
+    weights=(1 - fn_weight, fn_weight) (false positive, false negative)."""
     if bands and rows:
         if bands * rows > num_perm:
             raise ValueError(f"bands * rows = {bands * rows} > num_perm = {num_perm}")
@@ -133,7 +134,7 @@ def lsh_params(threshold: float, num_perm: int, bands: int | None = None,
         return (bands, num_perm // bands) if bands else (num_perm // rows, rows)
     from datasketch.lsh import _optimal_param
 
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    return _optimal_param(threshold, num_perm, 1.0 - fn_weight, fn_weight)
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:

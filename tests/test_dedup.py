@@ -47,6 +47,8 @@ def test_lsh_params_equal_datasketch(threshold, num_perm):
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     assert minhash.lsh_params(threshold, num_perm) == (lsh.b, lsh.r)
     assert minhash.lsh_params(threshold, num_perm, 4, 8) == (4, 8)
+    recall_first = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.3, 0.7))
+    assert minhash.lsh_params(threshold, num_perm, fn_weight=0.7) == (recall_first.b, recall_first.r)
 
 
 # ---- a corpus with planted near duplicates --------------------------------------------------------

@@ -106,3 +106,24 @@ def test_input_first_without_example_headers_and_inline():
     assert P.parse_input_first("Input: a b\nOutput: c d\nInput: e\nOutput: f") == [("a b", "c d"), ("e", "f")]
     assert P.parse_input_first("Example 1: Input: France Output: Paris") == [("France", "Paris")]
     assert P.parse_input_first("Output: only this\nExample 2\nOutput: and this") == [("", "only this"), ("", "and this")]
+
+
+def test_progress_line_per_round_and_commit_hook(tmp_path):
+    """One progress line per round (pool size so far, tok/s, ETA to the target) and the commit hook
+    (a remote output_dir mirrors each round) called once per committed round."""
+    import re
+
+    lines, commits = [], []
+    si = SelfInstruct(SEEDS, Fake(), cfg(rounds=2, target_instructions=40), "fake", str(tmp_path),
+                      log=lines.append, on_commit=lambda: commits.append(len(si.committed())))
+    _, _, stats = si.run()
+    progress = [ln for ln in lines if re.search(r"round \d/2: ", ln)]
+    assert len(progress) == 2 and commits == [1, 2]
+    pools = [int(re.search(r"pool (\d+)/40", ln).group(1)) for ln in progress]
+    kept = [r["instructions_kept"] for r in stats["rounds"]]
+    assert pools == [kept[0], kept[0] + kept[1]] and pools[0] > 0
+    for ln, st in zip(progress, stats["rounds"]):
+        rate = float(re.search(r"(\d+) tok/s", ln).group(1))
+        assert abs(rate - round(st["instruction_tokens"] / st["seconds"])) <= 1
+        eta = float(re.search(r"ETA to target ([\d.]+) min", ln).group(1))
+        assert eta >= 0
