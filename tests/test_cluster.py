@@ -134,12 +134,12 @@ def test_ray_job_submit_runs_the_flan_demo(head_node, tmp_path):
     sid = f"seedforge-test-{uuid.uuid4().hex[:8]}"
     excludes = [".git", ".venv", "runs", "**/__pycache__", ".pytest_cache", "*.egg-info"]
     runtime_env = {"excludes": excludes, "env_vars": {"SEEDFORGE_STAGING": str(tmp_path / "staging-job")}}
+    command = ["python", "-m", "pipelines.cli", "run", "configs/flan_demo.yaml", f"output_dir={uri}",
+               "train.enabled=true", "train.max_steps=2", "train.checkpoint_every=1", "train.eval_fraction=0"]
     t = time.time()
     sub = subprocess.run(
         [RAY, "job", "submit", "--address", head_node["address"], "--submission-id", sid,
-         "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env),
-         "--", "python", "-m", "pipelines.cli", "run", "configs/flan_demo.yaml", f"output_dir={uri}",
-         "train.enabled=true", "train.max_steps=2", "train.checkpoint_every=1", "train.eval_fraction=0"],
+         "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--", *command],
         cwd=REPO, env=head_node["env"], capture_output=True, text=True, timeout=600)
     took = time.time() - t
     status = subprocess.run(  # the job server's own record of the job (token auth from env)
@@ -165,8 +165,7 @@ def test_ray_job_submit_runs_the_flan_demo(head_node, tmp_path):
 
     # Another machine (an empty staging directory): the rerun fetches the run and has nothing to do.
     again = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "configs/flan_demo.yaml", f"output_dir={uri}",
-         "train.enabled=true", "train.max_steps=2", "train.checkpoint_every=1", "train.eval_fraction=0"],
+        [sys.executable, *command[1:]],
         cwd=REPO, env={**_clean_env(), "SEEDFORGE_STAGING": str(tmp_path / "staging-other")},
         capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]

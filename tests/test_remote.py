@@ -100,3 +100,14 @@ def test_manifest_config_records_the_uri_and_hash_ignores_it(tmp_path, monkeypat
     RunDir(local_cfg, uri).prepare(overwrite=False)
     m = json.loads((tmp_path / "remote" / "run" / "manifest.json").read_text())
     assert m["config"]["output_dir"] == uri and m["config_hash"] == config_hash(cfg)
+
+
+def test_train_resume_false_clears_checkpoints_at_a_uri_or_path(tmp_path):
+    from train.launch import _clear_checkpoints
+
+    for where, target in ((f"file://{tmp_path}/uri/ray_train/train", tmp_path / "uri" / "ray_train" / "train"),
+                          (str(tmp_path / "path" / "ray_train" / "train"), tmp_path / "path" / "ray_train" / "train")):
+        (target / "checkpoint_000001").mkdir(parents=True)
+        (target / "checkpoint_000001" / "state.pt").write_bytes(b"old")
+        _clear_checkpoints(where)
+        assert not target.exists() or not any(target.iterdir()), where

@@ -13,7 +13,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from pipelines import io
+from pipelines import io, remote
 from pipelines.models import resolve_model
 from train import data as tdata
 
@@ -27,8 +27,8 @@ def loop_config(cfg, model_path: str, has_eval: bool, **extra) -> dict:
     return c
 
 
-def build_trainer(cfg, datasets: dict, train_loop_config: dict, storage: str | None = None):
-    """`storage`: where Ray Train keeps checkpoints (a path or URI); default {output_dir}/ray_train."""
+def build_trainer(cfg, datasets: dict, train_loop_config: dict, storage: str):
+    """`storage`: where Ray Train keeps checkpoints (a local path or a pyarrow.fs URI)."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
@@ -36,7 +36,6 @@ def build_trainer(cfg, datasets: dict, train_loop_config: dict, storage: str | N
     from train.recipe import train_func
 
     t = cfg.train
-    storage = storage or str(Path(cfg.output_dir).resolve() / "ray_train")
     if not t.resume:
         _clear_checkpoints(f"{storage}/{RUN_NAME}")
     return TorchTrainer(
@@ -56,14 +55,10 @@ def build_trainer(cfg, datasets: dict, train_loop_config: dict, storage: str | N
 
 
 def _clear_checkpoints(path: str) -> None:
-    if "://" not in path:
+    if remote.is_uri(path):
+        remote.clear(path)
+    else:
         shutil.rmtree(path, ignore_errors=True)
-        return
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
-    if fs.get_file_info(p).type != pafs.FileType.NotFound:
-        fs.delete_dir(p)
 
 
 def _publish(src: str, dest: Path) -> None:
@@ -100,17 +95,19 @@ def summarize(progress: dict) -> dict:
 
 def run_training(cfg, storage: str | None = None, **test_hooks) -> dict:
     """Train cfg.model on cfg.data_dir (or {output_dir}/data); write {output_dir}/model and the
-    manifest's "train" key; return the summary. `test_hooks` (e.g. crash_at_step) go to the workers."""
+    manifest's "train" key; return the summary. `storage`: where checkpoints live (default
+    {output_dir}/ray_train). `test_hooks` (e.g. crash_at_step) go to the workers."""
     t = cfg.train
     if t.lora_r and t.strategy != "ddp":
         raise ValueError("train.lora_r > 0 is implemented for train.strategy=ddp only")
     out = Path(cfg.output_dir)
+    storage = storage or str(out.resolve() / "ray_train")
     model_path = resolve_model(cfg.model)
     datasets = tdata.load_datasets(cfg.data_dir or str(out / "data"), t.eval_fraction)
     trainer = build_trainer(cfg, datasets, loop_config(cfg, model_path, "eval" in datasets, **test_hooks), storage)
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint in {out / 'ray_train' / RUN_NAME}")
+        raise RuntimeError(f"training finished without a checkpoint in {storage}/{RUN_NAME}")
     with result.checkpoint.as_directory() as d:
         _publish(os.path.join(d, "model"), out / "model")
         with open(os.path.join(d, "progress.json")) as f:
