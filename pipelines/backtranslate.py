@@ -66,6 +66,16 @@ def input_files(paths: str | list[str]) -> list[Path]:
     return out
 
 
+def check_input(cfg: BacktranslateConfig) -> None:
+    """Preflight: every input file exists and can be opened (its contents are read later)."""
+    for f in input_files(cfg.input):
+        try:
+            with open(f, "rb"):
+                pass
+        except OSError as e:
+            raise ValueError(f"backtranslate.input: {f}: cannot read ({e.strerror or e})") from None
+
+
 def split_paragraphs(text: str) -> list[str]:
     """Plain-text units: paragraphs separated by blank lines, trimmed, empty ones dropped."""
     return [p.strip() for p in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")) if p.strip()]

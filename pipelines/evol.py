@@ -2,8 +2,9 @@
 
 Each round, every live lineage draws one operation (seeded by its row id and the round), the model
 rewrites the instruction, and the eliminator drops failed evolutions with a reason: engine errors,
-empty / truncated rewrites, leaked template words, no information gain (identical text, or the
-model's Yes/No equality judgement), and responses that refuse, are too short or are only stop words.
+empty / truncated rewrites, leaked template words, a copy of the parent (identical_to_parent), no
+information gain (the model's Yes/No equality judgement), and responses that are empty, truncated,
+refuse, are too short or are only stop words.
 A surviving evolution becomes the parent of the next round; after a failure the parent carries on.
 
 The parent's instruction and input are evolved together (the rewrite must keep the input), so an
@@ -119,7 +120,8 @@ def run_evol(rows: list[dict], engine, cfg: EvolConfig, model_name: str, seed: i
             tokens["prompt"] += int(o.get("prompt_tokens") or 0)
             tokens["output"] += int(o.get("output_tokens") or 0)
             c["response"] = o
-            why = response_failure(o.get("text") or "", cfg.min_response_words, cfg.refusal_max_words, o.get("error") or "")
+            why = response_failure(o.get("text") or "", cfg.min_response_words, cfg.refusal_max_words,
+                                   o.get("error") or "", o.get("finish_reason") or "")
             if why is not None:
                 rejected.append(_reject(c, why, model_name, rnd))
                 continue

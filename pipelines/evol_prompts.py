@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import re
 
+from pipelines.config import FilterConfig
+from pipelines.filters import _phrases  # curation's phrase matcher, so both match refusals alike
+
 DEPTH_OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning")
 
 # How each in-depth operation makes the task harder (one sentence spliced into DEPTH_TEMPLATE).
@@ -57,13 +60,21 @@ Do both instructions ask for the same thing, with the same constraints and requi
 
 EQUALITY_CHOICES = ["Yes", "No"]
 
-# Template words that must never leak into an evolved instruction (checked case-insensitively).
-LEAK_PATTERN = re.compile(r"#\s*(?:given|rewritten|created)\s+prompt\s*#|\b(?:given|rewritten|created)\s+prompt\b",
-                          re.IGNORECASE)
+# Template words that must never leak into an evolved instruction (checked case-insensitively). Models
+# echo them in many spellings ("given prompts", "Created-Prompt", "given_prompt", "RewrittenPrompt"), so
+# any run of spaces, "_" or "-" may join the words; the letter/digit guards keep "prompted", "promptly"
+# and "forgiven prompt" clean ("_" is deliberately not a guard: "the_given_prompt" is a leak).
+_LEAK_WORDS = r"(?:given|rewritten|created)[\s_-]*prompts?"
+LEAK_PATTERN = re.compile(rf"#\s*{_LEAK_WORDS}\s*#|(?<![a-z0-9]){_LEAK_WORDS}(?![a-z0-9])", re.IGNORECASE)
 # A leading echo of the answer slot's header ("#Rewritten Prompt#:", "**Created Prompt:**"): a label,
 # not content, so the parser removes it. Anywhere else the same words are a leak and are rejected.
-_SLOT_HEADER = re.compile(r"^\s*[*_]*#?\s*(?:rewritten|created)\s+prompt\s*#?[*_]*\s*(?::|\n)[*_]*\s*",
+_SLOT_HEADER = re.compile(r"^\s*[*_]*#?\s*(?:rewritten|created)[\s_-]*prompt\s*#?[*_]*\s*(?::|\n)[*_]*\s*",
                           re.IGNORECASE)
+
+# Refusals: the curation filter's phrases (curate.filters.refusal_phrases defaults), so the eliminator and
+# curation agree on what a refusal is, plus the paper's bare "sorry" (Xu et al. 2023 drop short responses
+# containing it).
+REFUSAL_PHRASES = tuple(FilterConfig.model_fields["refusal_phrases"].default) + ("sorry",)
 
 STOP_WORDS = frozenset("""
 a about above after again against all am an and any are as at be because been before being below between both
@@ -106,8 +117,8 @@ def parse_yes_no(text: str) -> bool | None:
 
 
 def leaked_words(text: str) -> list[str]:
-    """Template words found in `text` (lower-cased, in order of appearance)."""
-    return [m.group(0).lower() for m in LEAK_PATTERN.finditer(text or "")]
+    """Template words found in `text` (lower-cased, whitespace runs as one space, in order of appearance)."""
+    return [" ".join(m.group(0).lower().split()) for m in LEAK_PATTERN.finditer(text or "")]
 
 
 def _norm(text: str) -> str:
@@ -126,7 +137,8 @@ def evolution_failure(evolved: str, parent: str, finish_reason: str = "stop", er
     if finish_reason == "length":
         return "evolution_truncated"
     if _norm(evolved) == _norm(parent):
-        return "no_information_gain: identical to parent"
+        # its own key: a copy is a cheap text check, unlike the model's "no_information_gain" judgement
+        return "identical_to_parent"
     return None
 
 
@@ -135,16 +147,28 @@ def only_stop_words(text: str) -> bool:
     return all(w in STOP_WORDS for w in re.findall(r"[\w']+", (text or "").lower()))
 
 
-def response_failure(text: str, min_words: int = 3, refusal_max_words: int | None = None,
-                     error: str = "") -> str | None:
-    """Why a response to an evolved instruction fails the eliminator, or None if it passes."""
+def refusal_phrase(text: str) -> str | None:
+    """The first refusal phrase in `text` (lower-cased; word boundaries, any case, curly quotes folded), or None."""
+    m = _phrases(REFUSAL_PHRASES).search((text or "").replace("\u2019", "'"))
+    return None if m is None else " ".join(m.group(0).lower().split())
+
+
+def response_failure(text: str, min_words: int = 3, refusal_max_words: int | None = 80,
+                     error: str = "", finish_reason: str = "stop") -> str | None:
+    """Why a response to an evolved instruction fails the eliminator, or None if it passes.
+
+    refusal_max_words: a refusal phrase counts only in responses shorter than this (the paper's 80, as
+    in EvolConfig); None = at any length."""
     if error:
         return f"engine_error: {error}"
     words = (text or "").split()
     if not words:
         return "empty_response"
-    if "sorry" in text.lower() and (refusal_max_words is None or len(words) < refusal_max_words):
-        return "refusal: response contains 'sorry'"
+    if finish_reason == "length":  # cut off mid-answer: not a usable response, however good it starts
+        return "response_truncated"
+    phrase = refusal_phrase(text)
+    if phrase and (refusal_max_words is None or len(words) < refusal_max_words):
+        return f"refusal: response contains {phrase!r}"
     if only_stop_words(text):
         return "only_stop_words_and_punctuation"
     if len(words) < min_words:

@@ -1,7 +1,8 @@
 """FLAN-style templating (Wei et al., 2021; Longpre et al., 2023): labelled rows to instruction rows, no model.
 
 Per input row (all choices seeded by the run seed and the row's content id, so runs repeat):
-one forward row, zero-shot or few-shot (k exemplars of the same family, same template);
+one forward row, zero-shot or few-shot (up to k exemplars of the same family, same template, as many
+as fit max_instruction_words);
 a chain-of-thought row when the row has a rationale and `cot` is on; an input-inverted row with
 probability `inversion_rate` when `inversion` is on. `template` is "{family}/{index}" (inverted
 templates are numbered after the forward ones) and `operation` is zero_shot, few_shot, cot or inverted.
@@ -24,31 +25,74 @@ STAGE = "flan_input"
 ROLES = ("family", "text", "text2", "label", "rationale")
 
 
-def read_table(path: str) -> list[dict]:
-    """Rows of a CSV, JSONL or Parquet file as dicts."""
+def _input_file(path: str) -> Path:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"flan.input: {path}: no such file")
+    if p.suffix not in (".csv", ".jsonl", ".parquet"):
+        raise ValueError(f"flan.input: {path}: unsupported file type (use .csv, .jsonl or .parquet)")
+    return p
+
+
+def read_header(path: str) -> list[str]:
+    """The column names of a CSV, JSONL (its first row) or Parquet file, without reading the rows."""
+    p = _input_file(path)
+    try:
+        if p.suffix == ".csv":
+            with open(p, newline="", encoding="utf-8") as f:
+                return next(csv.reader(f), [])
+        if p.suffix == ".jsonl":
+            with open(p, encoding="utf-8") as f:
+                first = next((line for line in f if line.strip()), "")
+            return list(json.loads(first)) if first else []
+        import pyarrow.parquet as pq
+        return pq.read_schema(p).names
+    except OSError as e:
+        raise ValueError(f"flan.input: {path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"flan.input: {path}: cannot parse its header ({e})") from None
+
+
+def check_columns(present: set[str], cfg: FlanConfig) -> None:
+    """Raise naming the config key when a column a role needs is missing (family only without flan.family)."""
+    cols = cfg.columns.model_dump()
+    for role in ("text", "label") if cfg.family else ("family", "text", "label"):
+        if cols[role] not in present:
+            hint = " (or set flan.family)" if role == "family" else ""
+            raise ValueError(f"flan.columns.{role}: column {cols[role]!r} not in {cfg.input} "
+                             f"(has {sorted(present)}){hint}")
+
+
+def check_input(cfg: FlanConfig) -> None:
+    """Preflight: the input exists and its header has the mapped columns (no rows are read)."""
+    check_columns(set(read_header(cfg.input)), cfg)
+
+
+def read_table(path: str) -> list[dict]:
+    """Rows of a CSV, JSONL or Parquet file as dicts."""
+    p = _input_file(path)
     if p.suffix == ".csv":
         with open(p, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
     if p.suffix == ".jsonl":
         return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        return pq.read_table(p).to_pylist()
-    raise ValueError(f"flan.input: {path}: unsupported file type (use .csv, .jsonl or .parquet)")
+    import pyarrow.parquet as pq
+    return pq.read_table(p).to_pylist()
 
 
 def map_columns(raw: list[dict], cfg: FlanConfig) -> list[dict]:
-    """Input rows to role dicts (family, text, text2, label, rationale); optional roles default to ''."""
+    """Input rows to role dicts (family, text, text2, label, rationale); optional roles default to ''.
+    An empty family becomes flan.family; a label listed in flan.label_names is renamed."""
     cols = cfg.columns.model_dump()
-    present = set(raw[0]) if raw else set()
-    for role in ("family", "text", "label"):
-        if raw and cols[role] not in present:
-            raise ValueError(f"flan.columns.{role}: column {cols[role]!r} not in {cfg.input} (has {sorted(present)})")
-    return [{role: ("" if r.get(cols[role]) is None else str(r.get(cols[role]))).strip() for role in ROLES}
-            for r in raw]
+    if raw:
+        check_columns(set(raw[0]), cfg)
+    out = []
+    for r in raw:
+        d = {role: ("" if r.get(cols[role]) is None else str(r.get(cols[role]))).strip() for role in ROLES}
+        d["family"] = d["family"] or cfg.family or ""
+        d["label"] = cfg.label_names.get(d["label"], d["label"])
+        out.append(d)
+    return out
 
 
 def source_id(r: dict) -> str:
@@ -62,6 +106,19 @@ def _rng(seed: int, sid: str, what: str) -> random.Random:
 def render(template: str, r: dict, options: list[str], cfg: FlanConfig) -> str:
     return template.format(text=r["text"], text2=r["text2"], label=r["label"], options=options_block(options),
                            src=cfg.source_language, tgt=cfg.target_language)
+
+
+def fit_shots(shot_parts: list[str], query: str, max_words: int) -> list[str]:
+    """The leading exemplars that keep the few-shot prompt within max_words (the last drawn go first):
+    curation drops longer instructions, so a prompt over budget would be generated only to be thrown away."""
+    budget = max_words - len(query.split())
+    kept, used = [], 0
+    for part in shot_parts:
+        used += len(part.split())
+        if used > budget:
+            break
+        kept.append(part)
+    return kept
 
 
 def few_shot_query(prompt: str) -> str:
@@ -107,7 +164,7 @@ def run_flan(cfg: FlanConfig, seed: int):
     by_family = {}
     for i, sid, r in good:
         by_family.setdefault(r["family"], []).append((i, sid, r))
-    out, counts = [], Counter()
+    out, counts, capped = [], Counter(), 0
 
     def emit(i, sid, r, instruction, output, index, op, extra=None):
         fam = r["family"]
@@ -125,15 +182,20 @@ def run_flan(cfg: FlanConfig, seed: int):
         index = _rng(seed, sid, "template").randrange(len(TEMPLATES[fam]))
         tpl = TEMPLATES[fam][index]
         fam_rows, me = by_family[fam], where[i]
-        n_other = len(fam_rows) - 1
+        n_other, shots = len(fam_rows) - 1, []
         if n_other and _rng(seed, sid, "few_shot").random() < cfg.few_shot_rate:
             # exemplars: a sample of the family without this row, drawn by index (O(k), not O(n))
             picks = _rng(seed, sid, "exemplars").sample(range(n_other), min(cfg.k, n_other))
             shots = [fam_rows[j + (j >= me)] for j in picks]
-            parts = [f"{few_shot_query(render(tpl, x, opts, cfg))} {x['label']}" for _, _, x in shots]
-            prompt = "\n\n".join(parts + [few_shot_query(render(tpl, r, opts, cfg))])
+            query = few_shot_query(render(tpl, r, opts, cfg))
+            parts = fit_shots([f"{few_shot_query(render(tpl, x, opts, cfg))} {x['label']}" for _, _, x in shots],
+                              query, cfg.max_instruction_words)
+            capped += len(parts) < len(shots)
+            shots = shots[: len(parts)]
+        if shots:
+            prompt = "\n\n".join(parts + [query])
             emit(i, sid, r, prompt, r["label"], index, "few_shot", {"exemplars": [s for _, s, _ in shots]})
-        else:
+        else:  # zero-shot by draw, or no exemplar fits the word budget
             emit(i, sid, r, render(tpl, r, opts, cfg), r["label"], index, "zero_shot")
         if cfg.cot and r["rationale"]:
             ci = _rng(seed, sid, "cot_template").randrange(len(TEMPLATES[fam]))
@@ -147,5 +209,6 @@ def run_flan(cfg: FlanConfig, seed: int):
     stats = {"input_rows": len(rows), "kept": len(out), "rejected": len(rejected), "rejected_reasons": dict(reasons),
              "by_family": {f: {op: n for (ff, op), n in sorted(counts.items()) if ff == f}
                            for f in sorted({f for f, _ in counts})},
-             "options": {f: o for f, o in options.items() if o}}
+             "options": {f: o for f, o in options.items() if o},
+             "few_shot_capped": capped}  # few-shot rows that lost exemplars to max_instruction_words
     return out, rejected, stats

@@ -18,6 +18,8 @@ from pipelines.method_config import OrcaConfig
 METHOD = "orca"
 STAGE = "orca_generate"
 
+# The names are repeated in method_config.ORCA_SYSTEM_NAMES, so the config can validate
+# orca.system_messages without importing this module (it pulls in ray); a test keeps the two equal.
 SYSTEM_MESSAGES: dict[str, str] = {
     "step_by_step": "You are a helpful assistant. Work through the task step by step, and show each step "
                     "of your reasoning before you give the final answer.",
@@ -73,12 +75,14 @@ def build_messages(r: dict, system_name: str) -> list[dict]:
             {"role": "user", "content": user_content(r)}]
 
 
-def response_failure(text: str, min_words: int, error: str = "") -> str | None:
+def response_failure(text: str, min_words: int, error: str = "", finish_reason: str = "stop") -> str | None:
     if error:
         return f"engine_error: {error}"
     n = len((text or "").split())
     if n == 0:
         return "empty_response"
+    if finish_reason == "length":  # cut off mid-explanation; curation would drop it later anyway
+        return "response_truncated"
     if n < min_words:
         return f"too_short: {n} words < {min_words}"
     return None
@@ -107,7 +111,7 @@ def run_orca(rows: list[dict], engine, cfg: OrcaConfig, model_name: str, seed: i
             sampling_params=o["_sampling"], finish_reason=o.get("finish_reason") or "",
             prompt_tokens=int(o.get("prompt_tokens") or 0), output_tokens=int(o.get("output_tokens") or 0),
             meta=json.dumps({"source_method": r.get("method", ""), "sample_index": int(o.get("sample_index") or 0)}))
-        why = response_failure(text, cfg.min_response_words, o.get("error") or "")
+        why = response_failure(text, cfg.min_response_words, o.get("error") or "", o.get("finish_reason") or "")
         if why:
             rejected.append(schema.reject(row, STAGE, why))
             reasons[why.split(":")[0]] += 1

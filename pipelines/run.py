@@ -108,12 +108,22 @@ def count_rows(directory: Path) -> int:
 
 
 def preflight(cfg: Config, stages: list[str]) -> None:
-    """Check the inputs before anything starts or is written: a bad seed file or model path is
-    reported in seconds, not after the engines have loaded."""
+    """Check the inputs before anything starts or is written: a bad seed file, method input or model
+    path is reported in seconds, not after the engines have loaded (or after earlier methods ran)."""
     from pipelines.seeds import load_seed_tasks
 
-    if "generate" in stages and "self_instruct" in cfg.generate.methods:
+    methods = cfg.generate.methods if "generate" in stages else []
+    if "self_instruct" in methods:
         load_seed_tasks(cfg.seed_file)
+    try:  # their messages start with the config key and name the file
+        if "backtranslate" in methods:
+            from pipelines.backtranslate import check_input
+            check_input(cfg.backtranslate)
+        if "flan" in methods:
+            from pipelines.flan import check_input
+            check_input(cfg.flan)
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from None
     if cfg.model.startswith((".", "/", "~")) and not Path(cfg.model).expanduser().exists():
         raise ConfigError(f"model: {cfg.model}: no such model folder")
 

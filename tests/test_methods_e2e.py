@@ -44,10 +44,11 @@ def test_chain_demo_each_method_has_rows_and_lineage(engine, tmp_path):
     tried = sum(d["tried"] for op in ev["by_operation_depth"].values() for d in op.values())
     survived = sum(d["survived"] for op in ev["by_operation_depth"].values() for d in op.values())
     assert survived == len(by["evol_instruct"]) and tried == survived + ev["rejected"]
-    assert set(ev["rejected_reasons"]) <= {"no_information_gain", "refusal", "too_short", "empty_response",
+    assert set(ev["rejected_reasons"]) <= {"no_information_gain", "identical_to_parent", "refusal", "too_short",
+                                           "empty_response", "response_truncated",
                                            "only_stop_words_and_punctuation", "leaked_template_words",
                                            "unparseable_judgement", "engine_error", "empty_evolution",
-                                           "evolution_truncated", "copied_parent"}
+                                           "evolution_truncated"}
     assert {r["method"] for r in data} <= {"self_instruct", "evol_instruct", "orca"}
     assert json.loads((out / "manifest.json").read_text())["status"] == "done"
 

@@ -19,7 +19,9 @@ from pipelines import flan, orca, schema
 from pipelines.evol import pick_operation, run_evol
 from pipelines.flan_templates import COT_CUES, INVERTED, LABEL_FAMILIES, REQUIRED, TEMPLATES
 from pipelines.config import Section
-from pipelines.method_config import BacktranslateConfig, EvolConfig, FlanConfig, OrcaConfig
+from pipelines.config import ConfigError, load_config
+from pipelines.method_config import ORCA_SYSTEM_NAMES, BacktranslateConfig, EvolConfig, FlanConfig, OrcaConfig
+from pipelines.run import preflight
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +84,7 @@ def test_evol_unknown_operation_and_equality_prompt():
     ('"Explain tides to a sailor."', "Explain tides to a sailor."),
     ("zx!! qq", "zx!! qq"),  # garbage passes through unchanged; the eliminator judges it
     ("Explain X. The rewritten prompt adds Y.", "Explain X. The rewritten prompt adds Y."),  # leak kept
+    ("#RewrittenPrompt#: Write a haiku.", "Write a haiku."), ("Created_Prompt:\nName a moth.", "Name a moth."),
 ])
 def test_parse_evolved(raw, want):
     assert ep.parse_evolved(raw) == want
@@ -102,16 +105,47 @@ def test_evolution_failure_reasons():
     assert ep.evolution_failure("#REWRITTEN PROMPT# Write it.", parent).startswith("leaked_template_words: #rewritten prompt#")
     assert "created prompt" in ep.evolution_failure("My Created Prompt is: write", parent)
     assert ep.evolution_failure("Write a long poem about cats with", parent, "length") == "evolution_truncated"
-    assert ep.evolution_failure("write a POEM about cats!", parent) == "no_information_gain: identical to parent"
+    assert ep.evolution_failure("write a POEM about cats!", parent) == "identical_to_parent"
     assert ep.evolution_failure("Write a sonnet about cats in iambic pentameter.", parent) is None
+
+
+@pytest.mark.parametrize("text,leaks", [
+    ("Answer all the given prompts in order.", ["given prompts"]),
+    ("Created-Prompt: list three birds.", ["created-prompt"]),
+    ("Fill in the given_prompt field.", ["given_prompt"]),
+    ("Use the RewrittenPrompt below.", ["rewrittenprompt"]),
+    ("#Rewritten Prompt# Sum 2 and 3.", ["#rewritten prompt#"]),
+    ("Given\n prompt: x, and the created prompts.", ["given prompt", "created prompts"]),
+    ("She was prompted to answer a given promptly written note.", []),  # other words built on "prompt"
+    ("All is forgiven. Prompt replies are given priority.", []),
+    ("Write a prompt given to a new employee.", []),
+])
+def test_leak_pattern_variants(text, leaks):
+    assert ep.leaked_words(text) == leaks
+    want = f"leaked_template_words: {', '.join(leaks)}" if leaks else None
+    assert ep.evolution_failure(text, "Something else entirely.") == want
 
 
 def test_response_failure_reasons():
     assert ep.response_failure("", 3) == "empty_response"
-    assert ep.response_failure("I'm sorry, but I cannot help with that request at all.", 3).startswith("refusal")
+    assert ep.response_failure("I'm sorry, but I cannot help with that request at all.", 3) == \
+        "refusal: response contains \"i'm sorry, but\""
+    # curation's refusal phrases count too, curly apostrophes included
+    assert ep.response_failure("As an AI language model, I have no opinions on this.", 3) == \
+        "refusal: response contains 'as an ai language model'"
+    assert ep.response_failure("I can\u2019t help with writing that essay for you.", 3) == \
+        "refusal: response contains \"i can't help\""
+    assert ep.response_failure("I am unable to browse the web right now.", 3) == \
+        "refusal: response contains 'i am unable to'"
+    assert ep.response_failure("The cannot-miss sights are the cathedral and the harbour.", 3) is None
     long_sorry = "Sorry for the wait. " + "word " * 100
-    assert ep.response_failure(long_sorry, 3, refusal_max_words=80) is None  # long: not a refusal (paper rule)
-    assert ep.response_failure(long_sorry, 3).startswith("refusal")  # default: any length
+    assert ep.response_failure(long_sorry, 3) is None  # default 80 words (paper rule, as EvolConfig)
+    assert ep.response_failure(long_sorry, 3, refusal_max_words=80) is None
+    assert ep.response_failure(long_sorry, 3, refusal_max_words=None) == "refusal: response contains 'sorry'"
+    assert ep.response_failure("Sorry, no idea here.", 3) == "refusal: response contains 'sorry'"
+    assert EvolConfig().refusal_max_words == 80  # the function's default matches the config's
+    assert ep.response_failure("Paris is the capital and", 3, finish_reason="length") == "response_truncated"
+    assert ep.response_failure("", 3, finish_reason="length") == "empty_response"
     assert ep.response_failure("the, and... of it!!!", 1) == "only_stop_words_and_punctuation"
     assert ep.response_failure("?!... ---", 1) == "only_stop_words_and_punctuation"
     assert ep.response_failure("Paris.", 3) == "too_short: 1 words < 3"
@@ -174,6 +208,22 @@ def test_run_evol_judge_and_response_eliminator():
                        "src3": "unparseable_judgement: 'Maybe so'"}
 
 
+def test_run_evol_truncated_response_and_identical_evolution():
+    rows = [src_row(1, "Name a fruit."), src_row(2, "Explain clouds."), src_row(3, "Sum 2 and 3.")]
+    evolutions = {"Sum 2 and 3.": "sum 2 AND 3"}  # a copy of the parent
+
+    def answer(t):
+        if "clouds" in t:
+            return {"text": "Clouds form when water vapour cools and", "finish_reason": "length"}
+        return "Here is a full and helpful answer for you."
+    kept, rej, stats = run_evol(rows, _evol_engine(evolutions, answer=answer), EvolConfig(rounds=1), "m", 0)
+    assert {r["parent_ids"][0]: r["reason"] for r in rej} == {"src2": "response_truncated",
+                                                              "src3": "identical_to_parent"}
+    assert [r["parent_ids"] for r in kept] == [["src1"]]
+    assert {r["parent_ids"][0]: r["finish_reason"] for r in rej} == {"src2": "length", "src3": "stop"}
+    assert stats["rejected_reasons"] == {"response_truncated": 1, "identical_to_parent": 1}
+
+
 def test_run_evol_deterministic_and_ops_spread():
     rows = [src_row(i, f"Task number {i}.") for i in range(12)]
     a = run_evol(rows, _evol_engine({}), EvolConfig(rounds=1), "m", 3)
@@ -206,6 +256,23 @@ def test_orca_pool_and_sampling_determinism():
         orca.pick_system("x", 0, ["nope"])
 
 
+def test_orca_names_match_config_and_bad_name_is_a_config_error():
+    assert set(ORCA_SYSTEM_NAMES) == set(orca.SYSTEM_MESSAGES)  # the config's Literal mirrors the pool
+    assert OrcaConfig(system_messages=["brief"]).system_messages == ["brief"]
+    with pytest.raises(ConfigError, match=r"defaults \(with overrides\): orca\.system_messages\.1: Input should be "
+                                          r"'step_by_step'"):
+        load_config(None, ["orca.system_messages=[brief, breif]"])
+
+
+def test_orca_response_failure_reasons():
+    assert orca.response_failure("", 1) == "empty_response"
+    assert orca.response_failure("  \n ", 3) == "empty_response"
+    assert orca.response_failure("Because.", 3) == "too_short: 1 words < 3"
+    assert orca.response_failure("Because of the Moon.", 3) is None
+    assert orca.response_failure("Because of the Moon and", 3, finish_reason="length") == "response_truncated"
+    assert orca.response_failure("x", 3, error="boom", finish_reason="length") == "engine_error: boom"
+
+
 def test_run_orca_rows():
     rows = [src_row(i, f"Explain thing {i}.", "some input" if i == 0 else "") for i in range(5)]
     seen = []
@@ -215,17 +282,21 @@ def test_run_orca_rows():
         seen.append(msgs)
         if "thing 4" in msgs[1]["content"]:
             return {"text": "", "error": "boom", "finish_reason": "error"}
+        if "thing 3" in msgs[1]["content"]:
+            return {"text": "Because of reasons, step", "finish_reason": "length"}
         return "Because of reasons, step by step."
     kept, rej, stats = orca.run_orca(rows, FakeEngine(fn), OrcaConfig(), "m", 5)
     assert seen[0][0]["role"] == "system" and seen[0][1] == {"role": "user", "content": "Explain thing 0.\n\nsome input"}
-    assert len(kept) == 4 and rej[0]["reason"] == "engine_error: boom" and rej[0]["stage"] == "orca_generate"
+    assert len(kept) == 3 and sorted(r["reason"] for r in rej) == ["engine_error: boom", "response_truncated"]
+    assert {r["stage"] for r in rej} == {"orca_generate"}
+    assert stats["rejected_reasons"] == {"engine_error": 1, "response_truncated": 1}
     for r in kept:
         assert r["method"] == "orca" and r["system"] == orca.SYSTEM_MESSAGES[r["template"]]
         assert r["parent_ids"] == [f"src{r['instruction'][-2]}"] and r["seed_ids"] == [f"seed{r['instruction'][-2]}"]
         assert r["template"] == orca.pick_system(r["parent_ids"][0], 5)
     again = orca.run_orca(rows, FakeEngine(fn), OrcaConfig(), "m", 5)[0]
     assert [r["id"] for r in again] == [r["id"] for r in kept]
-    assert sum(stats["system_messages"].values()) == 4
+    assert sum(stats["system_messages"].values()) == 3
 
 
 # -------------------------------------------------------------------------------- back-translation
@@ -295,6 +366,7 @@ def test_run_backtranslate(tmp_path):
                        ("backtranslate_input", "too_short: 1 words < 20")]
     assert [r["score"] for r in rej if r["reason"].startswith("score")] == [2.0]
     assert stats["texts"] == 5 and stats["kept"] == 1 and stats["scores"] == {"2.0": 1, "5.0": 1}
+    assert stats["rejected_reasons"] == {"too_short": 1, "empty_instruction": 1, "score": 1, "unparseable_score": 1}
     eng = FakeEngine(lambda r: "Score: 5" if "choice" in json.loads(r["sampling"]) else "Q?")
     kept2, _, _ = bt.run_backtranslate(eng, BacktranslateConfig(input=str(tmp_path), structured_score=True), "m", 0)
     assert json.loads(eng.calls[1][0]["sampling"])["choice"] == bt.SCORE_CHOICES and len(kept2) == 4
@@ -394,13 +466,111 @@ def test_flan_label_options_and_csv(tmp_path):
         flan.run_flan(FlanConfig(input=str(p), columns=dict(label="gold")), 0)
 
 
-def test_flan_sample_file_if_present():
+def test_flan_sample_file():
     sample = REPO / "configs/data/flan_sample.csv"
-    if not sample.exists():
-        pytest.skip("configs/data/flan_sample.csv not written yet")
+    assert sample.is_file(), "configs/data/flan_sample.csv ships with the repo (the FLAN demo reads it)"
     rows, rej, stats = flan.run_flan(FlanConfig(input=str(sample)), 0)
     assert rej == [] and set(stats["by_family"]) == set(TEMPLATES)
     assert all(not re.search(r"\{\w+\}", r["instruction"]) for r in rows)
+
+
+def test_flan_demo_prompts_fit_the_curation_word_bound():
+    cfg = load_config(REPO / "configs/flan_demo.yaml")
+    bound = cfg.curate.filters.max_instruction_words
+    assert cfg.flan.max_instruction_words == bound == 150
+    rows, _, stats = flan.run_flan(cfg.flan, cfg.seed)
+    assert max(len(r["instruction"].split()) for r in rows) <= bound
+    assert stats["few_shot_capped"] > 0  # the demo does have prompts the cap shortened
+    uncapped = flan.run_flan(cfg.flan.model_copy(update={"max_instruction_words": 10**6}), cfg.seed)[0]
+    assert [r["id"] for r in flan.run_flan(cfg.flan, cfg.seed)[0]] == [r["id"] for r in rows]  # deterministic
+    assert len(uncapped) == len(rows) and max(len(r["instruction"].split()) for r in uncapped) > bound
+
+
+def test_flan_few_shot_budget_drops_last_exemplars_then_goes_zero_shot(tmp_path):
+    p = tmp_path / "d.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "text", "label"])
+        for i in range(4):
+            w.writerow(["summarization", " ".join([f"w{i}"] * 20), f"sum {i}"])
+    base = FlanConfig(input=str(p), few_shot_rate=1.0, k=3, cot=False)
+    full = flan.run_flan(base, 0)[0]
+    assert {len(json.loads(r["meta"])["exemplars"]) for r in full} == {3}
+    n_full = [len(r["instruction"].split()) for r in full]
+    one = flan.run_flan(base.model_copy(update={"max_instruction_words": min(n_full) - 25}), 0)
+    for r, r_full in zip(one[0], full):
+        shots = json.loads(r["meta"])["exemplars"]
+        assert r["operation"] == "few_shot" and len(r["instruction"].split()) <= min(n_full) - 25
+        assert shots == json.loads(r_full["meta"])["exemplars"][: len(shots)] and 1 <= len(shots) < 3
+    assert one[2]["few_shot_capped"] == 4
+    none = flan.run_flan(base.model_copy(update={"max_instruction_words": 30}), 0)[0]
+    assert {r["operation"] for r in none} == {"zero_shot"}
+    assert flan.fit_shots(["a b c", "d e"], "q r", 7) == ["a b c", "d e"]  # exactly at the budget
+    assert flan.fit_shots(["a b c", "d e"], "q r", 6) == ["a b c"]
+    assert flan.fit_shots(["a b c"], "q r", 4) == []
+
+
+def test_flan_single_task_csv_with_constant_family_and_label_names(tmp_path):
+    p = tmp_path / "reviews.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "stars"])
+        w.writerows([["Loved every minute of it.", "1"], ["Dull and far too long.", "0"], ["Fine.", "2"]])
+    cfg = load_config(None, [f"flan.input={p}", "flan.columns.text=review", "flan.columns.label=stars",
+                             "flan.family=sentiment", "flan.label_names={0: negative, 1: positive}",
+                             "flan.few_shot_rate=0", "generate.methods=[flan]"])
+    assert cfg.flan.label_names == {"0": "negative", "1": "positive"}  # YAML int keys compared as text
+    preflight(cfg, ["generate"])  # no family column is fine with flan.family
+    rows, rej, stats = flan.run_flan(cfg.flan, 0)
+    assert [(r["output"], json.loads(r["meta"])["family"]) for r in rows] == [
+        ("positive", "sentiment"), ("negative", "sentiment"), ("2", "sentiment")]
+    assert "Loved every minute of it." in rows[0]["instruction"] and rows[0]["operation"] == "zero_shot"
+    assert stats["options"] == {"sentiment": ["2", "negative", "positive"]}  # an unlisted label keeps its text
+    assert [r["reason"] for r in rej] == []
+    only = flan.run_flan(cfg.flan.model_copy(update={"label_options": {"sentiment": ["negative", "positive"]}}), 0)
+    assert [r["reason"] for r in only[1]] == ["label_not_in_options: '2'"]
+    # a family column, where present and non-empty, wins over the constant
+    rows = flan.map_columns([{"task": "topic", "text": "a", "label": "x"}, {"task": "", "text": "b", "label": "y"}],
+                            FlanConfig(family="sentiment"))
+    assert [r["family"] for r in rows] == ["topic", "sentiment"]
+    with pytest.raises(ConfigError, match=r"flan\.family: Value error, unknown family 'poetry'"):
+        load_config(None, ["flan.family=poetry"])
+
+
+def test_preflight_checks_method_inputs_before_any_engine(tmp_path):
+    def check(*overrides):
+        preflight(load_config(None, list(overrides)), ["generate"])
+
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("kind,text,label\nsentiment,Good.,positive\n")
+    with pytest.raises(ConfigError, match=rf"^flan\.input: {tmp_path}/missing\.csv: no such file$"):
+        check("generate.methods=[flan]", f"flan.input={tmp_path}/missing.csv")
+    with pytest.raises(ConfigError, match=rf"^flan\.columns\.family: column 'task' not in {csv_path} "
+                                          r"\(has \['kind', 'label', 'text'\]\) \(or set flan\.family\)$"):
+        check("generate.methods=[flan]", f"flan.input={csv_path}")
+    with pytest.raises(ConfigError, match=rf"^flan\.columns\.label: column 'gold' not in {csv_path}"):
+        check("generate.methods=[flan]", f"flan.input={csv_path}", "flan.columns.family=kind", "flan.columns.label=gold")
+    check("generate.methods=[flan]", f"flan.input={csv_path}", "flan.columns.family=kind")
+    jsonl, pqt = tmp_path / "d.jsonl", tmp_path / "d.parquet"
+    jsonl.write_text("\n" + json.dumps({"task": "nli", "txt": "a", "label": "b"}) + "\n")
+    with pytest.raises(ConfigError, match=rf"^flan\.columns\.text: column 'text' not in {jsonl}"):
+        check("generate.methods=[flan]", f"flan.input={jsonl}")
+    pq.write_table(pa.table({"task": ["nli"], "text": ["a"], "lbl": ["b"]}), pqt)
+    with pytest.raises(ConfigError, match=rf"^flan\.columns\.label: column 'label' not in {pqt}"):
+        check("generate.methods=[flan]", f"flan.input={pqt}")
+    (tmp_path / "d.tsv").write_text("x")
+    with pytest.raises(ConfigError, match=r"^flan\.input: .*d\.tsv: unsupported file type"):
+        check("generate.methods=[flan]", f"flan.input={tmp_path}/d.tsv")
+    with pytest.raises(ConfigError, match=rf"^backtranslate\.input: {tmp_path}/texts: no such file or folder$"):
+        check("generate.methods=[self_instruct, backtranslate]", f"backtranslate.input={tmp_path}/texts")
+    (tmp_path / "texts").mkdir()
+    with pytest.raises(ConfigError, match=rf"^backtranslate\.input: no \.parquet, \.jsonl, \.txt files in {tmp_path}/texts$"):
+        check("generate.methods=[backtranslate]", f"backtranslate.input={tmp_path}/texts")
+    (tmp_path / "texts" / "a.txt").write_text("Some text.")
+    check("generate.methods=[backtranslate]", f"backtranslate.input={tmp_path}/texts")
+    # only the methods listed in generate.methods, and only when generation runs
+    check("generate.methods=[self_instruct]", f"flan.input={tmp_path}/missing.csv", f"backtranslate.input={tmp_path}/no")
+    preflight(load_config(None, ["generate.methods=[flan]", f"flan.input={tmp_path}/missing.csv"]), ["curate"])
 
 
 def test_method_configs_have_descriptions():
