@@ -4,9 +4,11 @@ datasketch hashes every shingle with `sha1_hash32` (the first 4 bytes of SHA-1, 
 and applies num_perm permutations drawn from `np.random.RandomState(seed)`:
   - "affine32" (datasketch >= 2.0, the default): h = fmix32(h); a * h + b mod 2^32, a odd;
   - "legacy" (datasketch < 2.0): ((a * h + b) mod 2^64) mod (2^61 - 1), truncated to 32 bits.
-Here the SHA-1 calls run at C speed over a whole batch (map + join, no per-shingle Python) and
-the permutations are one numpy pass per permutation over all shingles of the batch, followed by a
-segmented minimum (`np.minimum.reduceat`) per text. A test asserts equality with datasketch.
+`signatures` runs one compiled loop over a batch (pipelines.minhash_jit: SHA-1, permutations and
+minimum per shingle, no Python object per shingle). `signatures_numpy`, the fallback without
+numba, makes the SHA-1 calls at C speed over a whole batch (map + join) and one numpy pass per
+permutation over all shingles of the batch, followed by a segmented minimum per text. Tests
+assert that both equal datasketch.
 
 Shingles are taken from `normalize(text)` (casefold, punctuation removed, whitespace collapsed):
 word or character n-grams joined by one space. A text shorter than n units is one shingle (the
@@ -29,6 +31,11 @@ _MERSENNE = np.uint64((1 << 61) - 1)
 _PUNCT = dict.fromkeys(i for i in range(sys.maxunicode + 1)
                        if unicodedata.category(chr(i)).startswith("P"))
 _digest = methodcaller("digest")
+
+try:  # numba ships with vLLM; without it the numpy path gives the same signatures, slower
+    from pipelines import minhash_jit as _jit
+except ImportError:  # pragma: no cover
+    _jit = None
 
 
 def default_scheme() -> str:
@@ -90,7 +97,25 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 def signatures(texts: list[str], num_perm: int = 128, seed: int = 1, unit: str = "word", n: int = 3,
                scheme: str | None = None, normalized: bool = False) -> np.ndarray:
-    """MinHash signatures (len(texts), num_perm) uint32 of the texts' shingle sets."""
+    """MinHash signatures (len(texts), num_perm) uint32 of the texts' shingle sets: compiled
+    (pipelines.minhash_jit, ~4x faster) when numba imports, else `signatures_numpy`."""
+    scheme = scheme or default_scheme()
+    if _jit is None:
+        return signatures_numpy(texts, num_perm, seed, unit, n, scheme, normalized)
+    if unit not in ("word", "char"):
+        raise ValueError(f"unknown shingle unit {unit!r} (word or char)")
+    a, b = permutations(num_perm, seed, scheme)
+    data = [(t if normalized else normalize(t)).encode() for t in texts]
+    offsets = np.zeros(len(data) + 1, np.int64)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    buf = np.frombuffer(b"".join(data), np.uint8)
+    return _jit.signatures(buf, offsets, n, unit == "word", a.astype(np.uint64), b.astype(np.uint64),
+                           scheme == "legacy")
+
+
+def signatures_numpy(texts: list[str], num_perm: int = 128, seed: int = 1, unit: str = "word", n: int = 3,
+                     scheme: str | None = None, normalized: bool = False) -> np.ndarray:
+    """`signatures` with hashlib and one numpy pass per permutation (no numba needed)."""
     scheme = scheme or default_scheme()
     a, b = permutations(num_perm, seed, scheme)
     sh, counts = [], np.empty(len(texts), np.int64)

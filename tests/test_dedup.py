@@ -17,6 +17,8 @@ COLS = ["instruction", "input", "output"]
 def _texts(rng: random.Random, n: int) -> list[str]:
     words = ["alpha", "Beta", "gamma,", "délta", "ε", "naïve", "zoë!", "co-op", "x", "42", "the", "The", "a."]
     out = ["", "   ", "!!", "one", "Two words", "three little words", "über", "a b c d"]
+    # shingles of 55, 56 and 64+ bytes: SHA-1 of one block, and of two (the padding spills over)
+    out += ["x" * 55, "y" * 56, "z" * 63, "w" * 64, " ".join(["ü" * 20] * 5), "q" * 200]
     out += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) for _ in range(n)]
     return out
 
@@ -24,9 +26,10 @@ def _texts(rng: random.Random, n: int) -> list[str]:
 @pytest.mark.parametrize("unit,n,num_perm,seed,scheme", [
     ("word", 3, 128, 1, None), ("word", 1, 64, 7, None), ("word", 5, 256, 1, None),
     ("char", 5, 128, 1, None), ("char", 1, 32, 3, None), ("word", 3, 128, 1, "legacy"), ("char", 4, 64, 2, "legacy")])
-def test_signatures_equal_datasketch(unit, n, num_perm, seed, scheme):
+@pytest.mark.parametrize("impl", ["signatures", "signatures_numpy"])
+def test_signatures_equal_datasketch(unit, n, num_perm, seed, scheme, impl):
     texts = _texts(random.Random(seed * 31 + n), 300)
-    sigs = minhash.signatures(texts, num_perm, seed, unit, n, scheme)
+    sigs = getattr(minhash, impl)(texts, num_perm, seed, unit, n, scheme)
     for text, sig in zip(texts, sigs):
         m = MinHash(num_perm=num_perm, seed=seed, **({"scheme": scheme} if scheme else {}))
         for s in minhash.shingles(minhash.normalize(text), unit, n):
