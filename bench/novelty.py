@@ -3,16 +3,22 @@
     python bench/novelty.py --sizes 10000 50000 200000
 
 Per N: the 175 seed tasks form the pool; N generated instructions are streamed through filter_novel
-(threshold 0.7, default mode) ("stream"); then --probe new candidates are filtered against the pool
-of that size, in the default mode ("probe") and, on a copy of the index, with exact_scores=True
-("probe-exact"). The reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
+(threshold 0.7) in the pipeline's default mode (generate.exact_novelty_scores, exact scores:
+"stream-exact"; --stream-bound streams them a second time, on a second index, with lower-bound
+scores: "stream-bound", which doubles the stream time and more); then --probe new candidates are
+filtered against the pool of that size with lower-bound scores (the cluster profile's mode,
+"probe") and, on a copy of the index, with exact scores ("probe-exact"). The reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
 `partial(scorer.score, candidate)` over every pool instruction (+ the ones kept before it) and drops
 it if max F > 0.7. It runs on the same candidates against the same pool state, in full when that is
 estimated under 10 minutes, else on candidates spread evenly over the batch for --ref-budget
 seconds, the total extrapolated as mean time per sampled candidate x candidates ("~", "sample").
-Both probe rows are compared with the same reference run. "differing decisions" must be 0;
-"differing rows" compares (kept, score, most similar): 0 expected for probe-exact, while
-default-mode kept rows carry a lower-bound score.
+Both probe rows (both stream rows) are compared with the same reference run. "differing decisions"
+must be 0; "differing rows" compares (kept, score, most similar): 0 expected in exact mode, while
+lower-bound kept rows carry a lower-bound score.
+
+The last line is the verdict: the speed-up at N=50000 (probe rows) against the 1000x target, the
+growth of the per-instruction cost from N=50000 to 200000 against log growth (log 200000 / log
+50000 = 1.128), and the differing decisions in total; the exit status is 1 if any decision differs.
 
 Instructions: imperative openers + a word-bigram chain over the Self-Instruct data in
 ../shared/data/self-instruct (built-in word lists without it), rare "entity" words from a Zipf-like
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import multiprocessing as mp
 import os
 import random
@@ -38,7 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rouge_score import rouge_scorer  # noqa: E402
 
+from pipelines.config import GenerateConfig  # noqa: E402
 from pipelines.novelty import NoveltyIndex, filter_novel  # noqa: E402
+
+PIPELINE_EXACT = GenerateConfig().exact_novelty_scores  # the mode `seedforge run` uses by default
+TARGET_SPEEDUP, SMALL_N, LARGE_N = 1000, 50000, 200000
 
 DATA = Path(os.environ.get("SELF_INSTRUCT_DATA", Path(__file__).resolve().parents[2] / "shared/data/self-instruct"))
 OPENERS = ["Write", "Generate", "Give me", "Explain", "Create", "List", "Describe", "Find",
@@ -192,6 +203,31 @@ def compare(ref, ours):
     return dec, rows, exact_kept, sum(ref[i][0] for i in ref)
 
 
+def _mode(exact: bool) -> str:
+    return "exact" if exact else "bound"
+
+
+def verdict(rows) -> tuple[str, bool]:
+    """The closing line, and whether every decision matched the reference. rows: (N, batch name,
+    candidates, our seconds, reference seconds, ...) as main() collects them."""
+    per = {(n, name): (t_ours / m, t_ref / t_ours) for n, name, m, t_ours, t_ref, *_ in rows}
+    parts = []
+    for name in ("probe-exact", "probe"):
+        if (SMALL_N, name) in per:
+            up = per[SMALL_N, name][1]
+            parts.append(f"{name} speed-up at N={SMALL_N}: {up:.0f}x ({'meets' if up >= TARGET_SPEEDUP else 'MISSES'} "
+                         f"the {TARGET_SPEEDUP}x target)")
+        if (SMALL_N, name) in per and (LARGE_N, name) in per:
+            growth, log_growth = per[LARGE_N, name][0] / per[SMALL_N, name][0], math.log(LARGE_N) / math.log(SMALL_N)
+            parts.append(f"{name} cost per instruction N={SMALL_N}->{LARGE_N}: x{growth:.3f} vs log growth "
+                         f"x{log_growth:.3f} ({'within' if growth <= log_growth else 'ABOVE'})")
+    if not parts:
+        parts.append(f"speed-up and growth need --sizes with {SMALL_N} and {LARGE_N}")
+    differing = sum(r[7] for r in rows)
+    parts.append(f"differing decisions in total: {differing}")
+    return "verdict: " + "; ".join(parts), differing == 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 200000])
@@ -199,6 +235,8 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--workers", type=int, default=2, help="reference multiprocessing Pool size")
     ap.add_argument("--ref-budget", type=float, default=120.0, help="reference seconds per sampled measurement")
+    ap.add_argument("--stream-bound", action="store_true",
+                    help="also stream with lower-bound scores (the pipeline default is exact scores)")
     a = ap.parse_args()
     seeds, corpus = seeds_and_corpus()
     print(f"seed pool: {len(seeds)} instructions; bigram corpus: {len(corpus)} sentences; threshold {a.threshold}; "
@@ -208,43 +246,51 @@ def main():
         for n in a.sizes:
             gen = Generator(corpus, seed=n)
             stream, probe = gen.make(n), gen.make(a.probe)
-            idx = NoveltyIndex(a.threshold)
-            for s in seeds:
-                idx.add(s)
-            t0 = time.perf_counter()
-            res = filter_novel(idx, stream)
-            t_stream = time.perf_counter() - t0
+            streams, indexes = [], []  # (name, results, seconds) and index per mode: the pipeline's first
+            for exact in [PIPELINE_EXACT] + ([False] if a.stream_bound and PIPELINE_EXACT else []):
+                indexes.append(NoveltyIndex(a.threshold, exact_scores=exact))
+                for s in seeds:
+                    indexes[-1].add(s)
+                t0 = time.perf_counter()
+                res = filter_novel(indexes[-1], stream)
+                streams.append((f"stream-{_mode(exact)}", res, time.perf_counter() - t0))
+            idx = indexes[0]  # the probes start from the pipeline mode's pool (decisions, so pools, are equal)
             pool = list(idx._texts)
-            idx_exact = copy.deepcopy(idx)
-            idx_exact.exact_scores = True
+            idx_bound, idx_exact = copy.deepcopy(idx), copy.deepcopy(idx)
+            idx_bound.exact_scores, idx_exact.exact_scores = False, True
             t0 = time.perf_counter()
-            res_p = filter_novel(idx, probe)
+            res_p = filter_novel(idx_bound, probe)
             t_probe = time.perf_counter() - t0
             t0 = time.perf_counter()
             res_x = filter_novel(idx_exact, probe)
             t_exact = time.perf_counter() - t0
             mem = index_bytes(idx) / len(idx)
-            print(f"\nN={n}: stream kept {sum(k for k, _, _ in res)}/{n} in {t_stream:.1f}s; pool {len(pool)}, "
+            res, t_stream = streams[0][1], streams[0][2]
+            print(f"\nN={n}: stream ({_mode(PIPELINE_EXACT)} scores, the pipeline default) kept "
+                  f"{sum(k for k, _, _ in res)}/{n} in {t_stream:.1f}s; pool {len(pool)}, "
                   f"vocabulary {len(idx._ids)} elements, {len(idx._segs)} segments, ~{mem:.0f} bytes/instruction "
                   f"(index arrays + token-code strings, texts excluded)", flush=True)
-            for name, p0, cands, ours, t_ours in [("probe", pool, probe, res_p, t_probe),
-                                                  ("probe-exact", pool, probe, res_x, t_exact),
-                                                  ("stream", seeds, stream, res, t_stream)]:
-                if name != "probe-exact":
+            batches = [("probe", pool, probe, res_p, t_probe), ("probe-exact", pool, probe, res_x, t_exact)]
+            batches += [(name, seeds, stream, r, t) for name, r, t in streams]
+            for k, (name, p0, cands, ours, t_ours) in enumerate(batches):
+                if k in (0, 2):  # one reference run per candidate batch (probe, stream)
                     ref, sec, pairs, t_ref = reference(workers, p0, cands, ours, a.threshold, a.ref_budget)
                 full = len(ref) == len(cands)
                 dec, diff_rows, exact_kept, kept = compare(ref, ours)
-                print(f"  {name:<11}: ours {t_ours:.2f}s ({t_ours / len(cands) * 1e6:.0f} us/instr); reference on "
+                print(f"  {name:<12}: ours {t_ours:.2f}s ({t_ours / len(cands) * 1e6:.0f} us/instr); reference on "
                       f"{len(ref)}/{len(cands)} candidates ({pairs} pairs) {sec:.0f}s -> "
                       f"{'measured' if full else 'extrapolated'} {t_ref:.0f}s; differing decisions {dec}; "
                       f"differing rows {diff_rows}; kept rows with the exact score {exact_kept}/{kept}", flush=True)
                 rows.append((n, name, len(cands), t_ours, t_ref, full, len(ref), dec, diff_rows))
-    print("\n      N  batch        cands | ours       us/instr | reference          | speed-up | ref ran on   "
+    print("\n      N  batch         cands | ours       us/instr | reference          | speed-up | ref ran on   "
           "| differing decisions | differing rows")
     for n, name, m, t_ours, t_ref, full, done, dec, diff_rows in rows:
-        print(f"{n:>7}  {name:<11} {m:>7} | {t_ours:8.2f}s {t_ours / m * 1e6:8.0f} | "
+        print(f"{n:>7}  {name:<12} {m:>7} | {t_ours:8.2f}s {t_ours / m * 1e6:8.0f} | "
               f"{('' if full else '~') + f'{t_ref:.0f}s':>9} {'full' if full else 'sample':>7}  | {t_ref / t_ours:7.0f}x | "
               f"{done:>5}/{m:<6} | {dec:>19} | {diff_rows:>5}")
+    line, same = verdict(rows)
+    print("\n" + line)
+    return 0 if same else 1
 
 
 def index_bytes(idx) -> int:
@@ -256,4 +302,4 @@ def index_bytes(idx) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -47,8 +47,9 @@ class SelfInstructSampling(Section):
     classify: SamplingConfig = F(
         SamplingConfig(temperature=0.0, max_tokens=3), "Sampling for the is-classification question.")
     instances: SamplingConfig = F(
-        SamplingConfig(temperature=0.0, max_tokens=300, stop=["Example 6", "Task:"]),
-        "Sampling for instance generation.")
+        SamplingConfig(temperature=0.0, max_tokens=300, stop=["Task:"]),
+        "Sampling for instance generation; \"Example {generate.max_instances_per_task + 1}\" is always added "
+        "to its stop strings (as in Self-Instruct: examples past the cap would be dropped).")
 
 
 class GenerateConfig(Section):
@@ -63,8 +64,10 @@ class GenerateConfig(Section):
     exact_novelty_scores: bool = F(True, "Store the exact best ROUGE-L and most similar instruction on kept rows "
                                          "too (decisions are always exact; false saves ~10x filter time at 200k+ "
                                          "instructions, kept rows then carry a lower bound).")
-    max_instances_per_task: int = F(5, "Most instances kept per instruction.", ge=1)
-    use_structured_output: bool = F(True, "Answer the classification question with a Yes/No choice via vLLM structured output.")
+    max_instances_per_task: int = F(5, "Most instances kept per instruction; instance generation stops at "
+                                       "\"Example {this + 1}\".", ge=1)
+    use_structured_output: bool = F(True, "Answer the classification question with a Yes/No choice via vLLM structured "
+                                          "output where the engine supports it (else the free-text answer is parsed).")
     sampling: SelfInstructSampling = F(SelfInstructSampling(), "Sampling parameters per Self-Instruct step.")
 
     @field_validator("methods")

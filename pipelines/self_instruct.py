@@ -5,6 +5,12 @@ instruction filters -> ROUGE-L novelty against the pool (deterministic order) ->
 classification?" -> output-first or input-first instances -> instance filters. Each round is
 committed atomically as a directory under `stages/self_instruct/`; a rerun resumes after the
 last committed round.
+
+The novelty index always holds the seeds plus the committed pool, in commit order: every
+instruction that passes the novelty filter joins the pool, even one whose classification call
+failed (it keeps a null flag and gets no instances), because later candidates were already judged
+against it. So a resumed run, which rebuilds the index from the committed rounds, continues
+exactly as an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -82,7 +88,8 @@ class SelfInstruct:
 
     def _classify(self, insts: list[dict], rejected: list[dict]) -> tuple[dict[str, bool], int]:
         """Flags per instruction id and the number of answers that were neither Yes nor No (counted
-        as not classification). An engine error rejects the instruction: it has no flag."""
+        as not classification). An engine error leaves the instruction without a flag; its rejected
+        row carries the error."""
         s = self.cfg.sampling.classify
         extra = {"choice": [" Yes", " No"]} if self.cfg.use_structured_output else {}
         outs = self.engine.generate([request(prompt=P.classify_prompt(c["instruction"]), iid=c["id"],
@@ -98,8 +105,13 @@ class SelfInstruct:
             flags[o["iid"]] = bool(f)
         return flags, failures
 
+    def _instance_sampling(self):
+        """The configured instance sampling plus the stop after the last example kept."""
+        s, stop = self.cfg.sampling.instances, P.example_stop(self.cfg.max_instances_per_task)
+        return s if stop in s.stop else s.model_copy(update={"stop": [*s.stop, stop]})
+
     def _instances(self, insts: list[dict], r: int, rejected: list[dict]) -> list[dict]:
-        s = self.cfg.sampling.instances
+        s = self._instance_sampling()
         reqs = [request(prompt=(P.output_first_prompt if c["is_classification"] else P.input_first_prompt)(c["instruction"]),
                         sampling=sampling_json(s, seed=_seed_int(self.seed, "inst", c["id"])), iid=c["id"]) for c in insts]
         outs, bad = _engine_rejects(self.engine.generate(reqs), "self_instruct/instances")
@@ -125,9 +137,13 @@ class SelfInstruct:
                                     "sampling_params": o["sampling"],
                                     "finish_reason": "length" if problem == "truncated_instance" else "stop",
                                     "prompt_tokens": o["prompt_tokens"], "output_tokens": o["output_tokens"],
+                                    # the instruction's own lineage: `template` and `sampling_params`
+                                    # above are the instance generation's
                                     "meta": json.dumps({"completion_finish_reason": o["finish_reason"],
+                                                        "instruction_template": c["template"],
                                                         "instruction_finish_reason": c["finish_reason"],
-                                                        "instruction_sampling": c["sampling_params"]})})
+                                                        "instruction_sampling": c["sampling_params"],
+                                                        "classify_template": P.CLASSIFY_TEMPLATE})})
                 if problem:
                     rejected.append(schema.reject(row, "self_instruct/instance_filter", problem))
                 else:
@@ -156,15 +172,15 @@ class SelfInstruct:
         for c in accepted:  # the pool id of an instruction is its content hash
             c["id"] = schema.make_id(METHOD, "instruction", c["instruction"])
         flags, failures = self._classify(accepted, rejected) if accepted else ({}, 0)
-        accepted = [c for c in accepted if c["id"] in flags]
-        for c in accepted:
-            c["is_classification"] = flags[c["id"]]
-        rows = self._instances(accepted, r, rejected) if accepted else []
+        for c in accepted:  # no flag (engine error): stays in the pool, see the module docstring
+            c["is_classification"] = flags.get(c["id"])
+        flagged = [c for c in accepted if c["id"] in flags]
+        rows = self._instances(flagged, r, rejected) if flagged else []
         tokens = sum(o["prompt_tokens"] + o["output_tokens"] for o in outs)
         stats = {"round": r, "prompts": self.cfg.prompts_per_round, "completions": len(outs),
                  "candidates": len(cands) + sum(1 for x in rejected if x["stage"].endswith("instruction_filter")),
                  "instructions_kept": len(accepted), "classification": sum(flags.values()),
-                 "classify_parse_failures": failures,
+                 "classify_parse_failures": failures, "classify_errors": len(accepted) - len(flags),
                  "rows": len(rows), "rejected": _count(rejected), "instruction_tokens": tokens,
                  "seconds": round(time.time() - t0, 2)}
         return {"instructions": accepted, "rows": rows, "rejected": rejected, "stats": stats}
@@ -196,6 +212,9 @@ class SelfInstruct:
         for r in range(len(rounds) + 1, self.cfg.rounds + 1):
             if len(self.machine) >= self.cfg.target_instructions:
                 break
+            # before any work of the round (the kill test waits for it; not the "round r/N:" form
+            # of the progress line)
+            self.log(f"self_instruct: starting round {r} of {self.cfg.rounds} (pool {len(self.machine)})")
             res = self.round(r)
             self._commit(r, res)
             self.machine += res["instructions"]

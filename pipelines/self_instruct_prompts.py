@@ -33,10 +33,12 @@ def instruction_prompt(instructions: list[str]) -> str:
 def parse_instructions(completion: str, first_index: int, truncated: bool) -> list[tuple[str, str]]:
     """All instructions of a completion, as (text, problem): problem is "" for a well-formed one.
 
-    The completion starts right after "{first_index}."; later items are split on "\\nN." markers.
+    The completion starts right after "{first_index}." (the prompt's last line), so its text up to
+    the first marker is instruction first_index; later items are split on "\\nN." markers followed
+    by whitespace or the end, so "\\n10.5 percent ..." continues an item instead of starting one.
     When generation hit the token limit, the last item is cut off and reported as such.
     """
-    parts = re.split(r"\n\s*\d+\s?\.", "\n" + str(first_index) + "." + completion)
+    parts = re.split(r"\n\s*\d+\s?\.(?=\s|$)", completion)
     items = [_one_line(p) for p in parts]
     items = [i for i in items if i]
     out = []
@@ -129,6 +131,12 @@ def output_first_prompt(instruction: str) -> str:
         "Class label: True\nStatement: Water boils at 100 degrees Celsius at sea level.\n"
         "Class label: False\nStatement: The Moon is larger than the Earth.\n\n"
         f"Task: {_one_line(instruction)}\n")
+
+
+def example_stop(max_instances: int) -> str:
+    """The stop string of instance generation: the header of the first example past the cap, as
+    Self-Instruct stops at f"Example {max_instances_to_generate + 1}" (later ones would be dropped)."""
+    return f"Example {max_instances + 1}"
 
 
 def parse_input_first(text: str) -> list[tuple[str, str]]:

@@ -16,6 +16,21 @@ def test_parse_keeps_every_instruction_and_flags_truncated_last():
     assert [p for _, p in P.parse_instructions(text, 3, truncated=False)] == ["", "", ""]
 
 
+def test_parse_splits_only_on_list_markers_not_decimals():
+    text = (" Explain why inflation rose to\n10.5 percent last year in simple words.\n"
+            "10. Name a river in Africa.\n11.\n12 . Give two uses of copper.")
+    assert [i for i, _ in P.parse_instructions(text, 9, False)] == [
+        "Explain why inflation rose to 10.5 percent last year in simple words.", "Name a river in Africa.",
+        "Give two uses of copper."]
+    # the completion's first item needs no space after the prompt's "9."
+    assert P.parse_instructions("Name three oceans.\n10. Sort the list.", 9, False) == [
+        ("Name three oceans.", ""), ("Sort the list.", "")]
+
+
+def test_example_stop_is_the_first_example_past_the_cap():
+    assert P.example_stop(5) == "Example 6" and P.example_stop(3) == "Example 4"
+
+
 def test_parse_empty_and_garbage():
     assert P.parse_instructions("", 9, False) == []
     assert P.parse_instructions("\n\n  \n", 9, False) == []
