@@ -16,11 +16,13 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -55,6 +57,43 @@ def make_model(name: str, workdir: Path) -> str:
                                  pad_token_id=tok.pad_token_id)).save_pretrained(workdir / "tiny")
     tok.save_pretrained(workdir / "tiny")
     return str(workdir / "tiny")
+
+
+class CpuByProcess:
+    """CPU seconds per process of this process tree (Ray's raylet, GCS, workers, actors), sampled
+    every second in a thread: where the cores went while run_training ran."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval, self.seen = interval, {}
+        self._stop, self._thread = threading.Event(), threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        me = psutil.Process()
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                c = p.cpu_times()
+                name = " ".join(p.cmdline()[:2])[:60] if p.pid != me.pid else "bench driver"
+                first = self.seen.get(p.pid, (None, c.user + c.system))[1]
+                self.seen[p.pid] = (name, first, c.user + c.system)
+            except psutil.Error:
+                pass
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def top(self, k: int = 8) -> list[tuple[str, float]]:
+        used = sorted(((v[2] - v[1], v[0]) for v in self.seen.values()), reverse=True)
+        return [(name, sec) for sec, name in used[:k]]
 
 
 def padding_share(examples, max_len: int, mbs: int, packing: bool) -> float:
@@ -128,7 +167,8 @@ def main() -> None:
         grad_accum=1, lr=a.lr, lr_schedule="constant", max_steps=a.steps, checkpoint_every=a.steps,
         eval_fraction=0.0, torch_threads=a.threads, packing=True))
     t0 = time.perf_counter()
-    s = run_training(cfg)
+    with CpuByProcess() as cpu:
+        s = run_training(cfg)
     wall = time.perf_counter() - t0
     ray.shutdown()
     for h in s["history"]:
@@ -142,6 +182,9 @@ def main() -> None:
     print(f"ratio ours/plain:       {ours / plain:.3f}   (target >= 0.9)")
     print(f"non-padding share, packing:    {padding_share(examples, a.max_seq_len, a.micro_batch_size, True):.3f}"
           f"   (run_training reported {s['non_padding_share']:.3f}; target >= 0.95)")
+    print(f"CPU seconds by process during run_training ({wall:.0f} s wall, 2 cores = {2 * wall:.0f} CPU-s):")
+    for name, sec in cpu.top():
+        print(f"  {sec:7.1f}  {name}")
     print(f"non-padding share, no packing: {padding_share(examples, a.max_seq_len, a.micro_batch_size, False):.3f}")
 
 
