@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from pipelines.config import FilterConfig
-from pipelines.filters import _phrases  # curation's phrase matcher, so both match refusals alike
+from pipelines.filters import find_phrase  # curation's phrase matcher, so both match refusals alike
 
 DEPTH_OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning")
 
@@ -149,8 +149,8 @@ def only_stop_words(text: str) -> bool:
 
 def refusal_phrase(text: str) -> str | None:
     """The first refusal phrase in `text` (lower-cased; word boundaries, any case, curly quotes folded), or None."""
-    m = _phrases(REFUSAL_PHRASES).search((text or "").replace("\u2019", "'"))
-    return None if m is None else " ".join(m.group(0).lower().split())
+    found = find_phrase(text, REFUSAL_PHRASES)
+    return None if found is None else " ".join(found.lower().split())
 
 
 def response_failure(text: str, min_words: int = 3, refusal_max_words: int | None = 80,

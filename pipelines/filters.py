@@ -73,9 +73,16 @@ def echo(row: dict, cfg: FilterConfig) -> str | None:
     return None
 
 
+def find_phrase(text: str, phrases) -> str | None:
+    """The first of `phrases` in `text` as written there (word boundaries, any case, curly apostrophes
+    folded), or None. Curation's refusal filter and the Evol eliminator both match refusals with it."""
+    m = _phrases(tuple(phrases)).search((text or "").replace("\u2019", "'"))
+    return m.group(0) if m else None
+
+
 def refusals(row: dict, cfg: FilterConfig) -> str | None:
-    m = _phrases(tuple(cfg.refusal_phrases)).search(row["output"].replace("\u2019", "'"))
-    return f"refusal/boilerplate {m.group(0)!r} in output" if m else None
+    found = find_phrase(row["output"], cfg.refusal_phrases)
+    return f"refusal/boilerplate {found!r} in output" if found else None
 
 
 def non_alpha(row: dict, cfg: FilterConfig) -> str | None:
