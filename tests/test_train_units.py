@@ -111,6 +111,38 @@ def test_zero_weight_batch_keeps_graph():
     assert n == 0 and logits.grad is not None
 
 
+@pytest.mark.parametrize("lp,tied", [(0.0, True), (0.0, False), (0.3, True)])
+def test_head_select_equals_full_projection(lp, tied):
+    """Projecting only the weighted positions gives the same loss and the same gradients."""
+    from train.head import HeadSelect
+
+    model = tiny_llama(100)
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    b = collate([[EXAMPLES[0], EXAMPLES[1]], [EXAMPLES[2], EXAMPLES[3]]], pad_id=0)
+    w = tloss.token_weights(b["kind"], lp, 1.0)
+    fwd = lambda: model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits  # noqa: E731
+    s_full, n_full = tloss.weighted_nll(fwd(), b["labels"], w)
+    s_full.backward()
+    ref = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    keys = set(model.state_dict())
+    head = HeadSelect(model)
+    with head.only(w.reshape(-1) > 0):
+        logits = fwd()
+    assert logits.shape == (n_full, 100)
+    s, n = tloss.kept_nll(logits, b["labels"], w)
+    s.backward()
+    assert n == n_full
+    torch.testing.assert_close(s, s_full, atol=1e-5, rtol=1e-5)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[k], atol=1e-6, rtol=1e-4)
+    assert fwd().shape == (*b["input_ids"].shape, 100)  # outside only(): the full projection
+    assert set(model.state_dict()) == keys
+    with pytest.raises(ValueError, match="logit rows"):
+        tloss.kept_nll(torch.zeros(3, 100), b["labels"], w)
+
+
 # ----------------------------------------------------------------------------- packing
 def test_collate_positions_labels_kinds():
     b = collate([[EXAMPLES[0], EXAMPLES[1]], [EXAMPLES[3]]], pad_id=0)

@@ -37,11 +37,19 @@ def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
     projection's softmax for every prompt token.
     """
     keep = weights.reshape(-1) > 0
+    return kept_nll(logits.reshape(-1, logits.shape[-1])[keep], labels, weights)
+
+
+def kept_nll(kept_logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """weighted_nll for logits already restricted to the positions with w > 0, in flattened order
+    (what train.head.HeadSelect makes the model return)."""
+    keep = weights.reshape(-1) > 0
     n = int(keep.sum())
+    if kept_logits.shape[0] != n:
+        raise ValueError(f"{kept_logits.shape[0]} logit rows for {n} positions with a non-zero weight")
     if n == 0:
-        return logits.sum() * 0.0, 0  # keeps the graph (DDP needs every parameter to get a grad)
-    flat = logits.reshape(-1, logits.shape[-1])[keep].float()
-    nll = F.cross_entropy(flat, labels.reshape(-1)[keep], reduction="none")
+        return kept_logits.sum() * 0.0, 0  # keeps the graph (DDP needs every parameter to get a grad)
+    nll = F.cross_entropy(kept_logits.float(), labels.reshape(-1)[keep], reduction="none")
     return (nll * weights.reshape(-1)[keep]).sum(), n
 
 

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from train import data as tdata
 from train import loss as tloss
+from train.head import HeadSelect
 from train.packing import BatchFeed, Packer, collate
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -138,6 +139,15 @@ def _forward(model, batch, device, amp):
                      use_cache=False).logits
 
 
+def _loss(model, head: HeadSelect, b, device, amp, lp: float, lr_: float):
+    """(weighted NLL sum, count) of one micro-batch; the vocabulary projection runs only on the
+    positions whose weight is not zero."""
+    w = tloss.token_weights(b["kind"].to(device), lp, lr_)
+    with head.only((w > 0).reshape(-1)):
+        logits = _forward(model, b, device, amp)
+    return tloss.kept_nll(logits, b["labels"].to(device), w)
+
+
 def _sync_ctx(model, sync: bool):
     """Skip the gradient all-reduce on all but the last micro-batch of a step."""
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
@@ -156,7 +166,7 @@ def _all_reduce(values: list[float], device, op=None) -> list[float]:
     return t.tolist()
 
 
-def evaluate(model, examples, c, device, amp, pad_id) -> float | None:
+def evaluate(model, head, examples, c, device, amp, pad_id) -> float | None:
     """Held-out loss (same WIT weights), summed over all workers' eval shards."""
     packer = Packer(c["max_seq_len"]) if c["packing"] else None
     rows = [b for e in examples for b in (packer.add(e) if packer else [[e]])] + (packer.flush() if packer else [])
@@ -169,8 +179,7 @@ def evaluate(model, examples, c, device, amp, pad_id) -> float | None:
     with torch.no_grad():
         for i in range(n_max):
             b = collate(chunks[i] if i < len(chunks) else dummy, pad_id)
-            w = tloss.token_weights(b["kind"].to(device), c["lambda_prompt"], c["lambda_response"])
-            s, n = tloss.weighted_nll(_forward(model, b, device, amp), b["labels"].to(device), w)
+            s, n = _loss(model, head, b, device, amp, c["lambda_prompt"], c["lambda_response"])
             total, count = total + float(s.detach()), count + n
     model.train()
     total, count = _all_reduce([total, count], device)
@@ -222,6 +231,7 @@ def train_func(c: dict) -> None:
                 progress = json.load(f)
             p = os.path.join(ck, f"data_rank{rank}.pt")
             feed_state = torch.load(p, weights_only=False) if os.path.exists(p) else None
+    head = HeadSelect(unwrap(model))
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c["lr"],
                               weight_decay=c["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(c["warmup_steps"], c["max_steps"], c["lr_schedule"]))
@@ -255,8 +265,7 @@ def train_func(c: dict) -> None:
         loss_sum = 0.0
         for i, b in enumerate(batches):
             with _sync_ctx(model, i == len(batches) - 1):
-                w = tloss.token_weights(b["kind"].to(device), lp, lr_)
-                s, _ = tloss.weighted_nll(_forward(model, b, device, amp), b["labels"].to(device), w)
+                s, _ = _loss(model, head, b, device, amp, lp, lr_)
                 (s * scale).backward()
             loss_sum += float(s.detach())
         grad_norm = (float(torch.nn.utils.clip_grad_norm_(model.parameters(), c["max_grad_norm"]))
@@ -280,7 +289,7 @@ def train_func(c: dict) -> None:
             if eval_examples is None:
                 eval_examples = [e for e in map(tok, eval_shard.iter_rows()) if e is not None]
             te = time.perf_counter()
-            m["eval_loss"] = evaluate(model, eval_examples, c, device, amp, pad_id)
+            m["eval_loss"] = evaluate(model, head, eval_examples, c, device, amp, pad_id)
             t0 += time.perf_counter() - te  # evaluation is not training time
         progress["history"].append(m)
         if last or step % c["checkpoint_every"] == 0:
