@@ -115,9 +115,8 @@ def _codes(*arrays):
 
 def add_keys(t: pa.Table, columns: list[str]) -> pa.Table:
     """Append `_h` and `_key` (see module doc) to a batch that has `id` and the text columns."""
-    texts = zip(*(t[c].to_pylist() for c in columns))
-    hs = [hashlib.blake2b("\x1f".join(minhash.normalize(v or "") for v in vals).encode(),
-                          digest_size=16).digest() for vals in texts]
+    texts = zip(*(minhash.normalize_batch([v or "" for v in t[c].to_pylist()]) for c in columns))
+    hs = [hashlib.blake2b("\x1f".join(vals).encode(), digest_size=16).digest() for vals in texts]
     keys = [f"{i}\x00{h[:8].hex()}" for i, h in zip(t["id"].to_pylist(), hs)]
     return t.append_column("_h", pa.array(hs, pa.binary(16))).append_column("_key", pa.array(keys, pa.string()))
 
@@ -171,7 +170,7 @@ def sig_matrix(col, num_perm: int) -> np.ndarray:
 
 def _sign(t: pa.Table, columns, cfg: MinHashConfig, bands: int, rows: int, scheme: str) -> pa.Table:
     """Signature rows (kh, key, sig, bands) of the rows with a non-empty normalised text."""
-    docs = [minhash.normalize(" ".join(v or "" for v in vals)) for vals in zip(*(t[c].to_pylist() for c in columns))]
+    docs = minhash.normalize_batch([" ".join(v or "" for v in vals) for vals in zip(*(t[c].to_pylist() for c in columns))])
     keep = np.array([bool(d) for d in docs], bool)
     sigs = minhash.signatures([d for d in docs if d], cfg.num_perm, cfg.seed, cfg.shingle, cfg.ngram, scheme,
                               normalized=True)

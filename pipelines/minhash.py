@@ -45,9 +45,42 @@ def default_scheme() -> str:
     return getattr(MinHash(num_perm=1), "scheme", "legacy")
 
 
+# ASCII fast path of normalize, in C passes over bytes (str.translate with a dict looks every
+# character up in Python, and split/join makes an object per word): upper case -> lower, every
+# character str.split() treats as whitespace (\t\n\v\f\r, \x1c-\x1f) -> space, punctuation
+# deleted; then runs of spaces collapse by replace() and the ends are stripped.
+_ASCII_DELETE = bytes(c for c in range(128) if c in _PUNCT)
+_DELETE_NP = np.array([c in _PUNCT for c in range(256)], np.bool_)
+_ASCII_TABLE = bytes(c + 32 if 65 <= c <= 90 else 32 if chr(c).isspace() and c < 128 else c for c in range(256))
+
+_ASCII_NP = np.frombuffer(_ASCII_TABLE, np.uint8)
+
+
 def normalize(text: str) -> str:
     """Casefold, drop punctuation (Unicode category P*), collapse whitespace."""
+    if text.isascii():  # the same result, ~5x faster
+        b = text.encode().translate(_ASCII_TABLE, _ASCII_DELETE)
+        while b"  " in b:
+            b = b.replace(b"  ", b" ")
+        return b.strip(b" ").decode()
     return " ".join(text.casefold().translate(_PUNCT).split())
+
+
+def normalize_batch(texts: list[str]) -> list[str]:
+    """[normalize(t) for t in texts], with the ASCII texts in one compiled pass when numba imports."""
+    if _jit is None:
+        return [normalize(t) for t in texts]
+    out = [t if t.isascii() else normalize(t) for t in texts]
+    asc = [i for i, t in enumerate(texts) if t.isascii()]
+    if asc:
+        data = [texts[i].encode() for i in asc]
+        offsets = np.zeros(len(data) + 1, np.int64)
+        np.cumsum([len(d) for d in data], out=offsets[1:])
+        buf, off = _jit.normalize_ascii(np.frombuffer(b"".join(data), np.uint8), offsets, _ASCII_NP, _DELETE_NP)
+        raw = buf.tobytes()
+        for i, a, b in zip(asc, off[:-1].tolist(), off[1:].tolist()):
+            out[i] = raw[a:b].decode()
+    return out
 
 
 def shingles(text: str, unit: str = "word", n: int = 3) -> list[bytes]:

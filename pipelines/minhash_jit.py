@@ -111,3 +111,31 @@ def signatures(buf, offsets, n, word, a, b, legacy):
             end = starts[s + n] - 1 if word else starts[s + n]
             _fold(out, row, _sha1_hash32(buf, starts[s], end, w, block), a, b, legacy)
     return out.astype(np.uint32)
+
+
+@njit(cache=True)
+def normalize_ascii(buf, offsets, table, delete):
+    """minhash.normalize of ASCII texts packed in buf (text i = buf[offsets[i]:offsets[i+1]]):
+    bytes mapped through `table` (lower case; whitespace -> space), bytes with delete[c] dropped,
+    runs of spaces collapsed to one, none at either end. Returns (out, out_offsets)."""
+    out = np.empty(len(buf), np.uint8)
+    out_off = np.zeros(len(offsets), np.int64)
+    j = 0
+    for i in range(len(offsets) - 1):
+        start, pending = j, False
+        for k in range(offsets[i], offsets[i + 1]):
+            c = buf[k]
+            if delete[c]:
+                continue
+            c = table[c]
+            if c == 32:
+                pending = j > start  # a space only between two kept characters
+                continue
+            if pending:
+                out[j] = 32
+                j += 1
+                pending = False
+            out[j] = c
+            j += 1
+        out_off[i + 1] = j
+    return out[:j], out_off

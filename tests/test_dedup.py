@@ -45,6 +45,24 @@ def test_shingles_of_short_and_empty_texts():
     assert minhash.normalize("  Hello,\tWORLD!  ") == "hello world"
 
 
+def test_fast_normalize_paths_equal_the_unicode_definition():
+    """The ASCII fast paths (bytes.translate; numba over a batch) give exactly casefold + removal of
+    Unicode P* + str.split() whitespace, including the \x1c-\x1f separators str.split() splits on."""
+    import random
+
+    def ref(t):
+        return " ".join(t.casefold().translate(minhash._PUNCT).split())
+
+    rng = random.Random(0)
+    alphabet = "".join(map(chr, range(128))) + "      \t\nÉé—“”"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(20_000)]
+    texts += ["", "   ", "a\x1fb", "  Hello,\tWORLD!  ", "x - y", "İstanbul ÀB, c", "--", "a.b"]
+    want = [ref(t) for t in texts]
+    assert [minhash.normalize(t) for t in texts] == want
+    assert minhash.normalize_batch(texts) == want
+    assert minhash.normalize("a\x1fb") == "a b" and minhash.normalize("x - y") == "x y"
+
+
 @pytest.mark.parametrize("threshold,num_perm", [(0.7, 128), (0.5, 64), (0.9, 256)])
 def test_lsh_params_equal_datasketch(threshold, num_perm):
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
