@@ -177,12 +177,13 @@ class SelfInstruct:
         flagged = [c for c in accepted if c["id"] in flags]
         rows = self._instances(flagged, r, rejected) if flagged else []
         tokens = sum(o["prompt_tokens"] + o["output_tokens"] for o in outs)
+        dt = time.time() - t0  # the rate from the unrounded time: a fast (fake) round rounds to 0.00 s
         stats = {"round": r, "prompts": self.cfg.prompts_per_round, "completions": len(outs),
                  "candidates": len(cands) + sum(1 for x in rejected if x["stage"].endswith("instruction_filter")),
                  "instructions_kept": len(accepted), "classification": sum(flags.values()),
                  "classify_parse_failures": failures, "classify_errors": len(accepted) - len(flags),
                  "rows": len(rows), "rejected": _count(rejected), "instruction_tokens": tokens,
-                 "seconds": round(time.time() - t0, 2)}
+                 "instruction_tokens_per_s": round(tokens / max(dt, 1e-9), 1), "seconds": round(dt, 2)}
         return {"instructions": accepted, "rows": rows, "rejected": rejected, "stats": stats}
 
     # -- rounds, commits, resume -------------------------------------------------------------
@@ -220,7 +221,7 @@ class SelfInstruct:
             self.machine += res["instructions"]
             rounds.append(res["stats"])
             st = res["stats"]
-            rate = st["instruction_tokens"] / max(st["seconds"], 1e-9)
+            rate = st["instruction_tokens_per_s"]
             left = (self.cfg.target_instructions - len(self.machine)) / max(st["instructions_kept"], 1) * st["seconds"]
             self.log(f"self_instruct: round {r}/{self.cfg.rounds}: +{st['instructions_kept']} instructions "
                      f"(pool {len(self.machine)}/{self.cfg.target_instructions}), {st['rows']} rows, "

@@ -203,7 +203,9 @@ def test_progress_line_per_round_and_commit_hook(tmp_path):
     assert pools == [kept[0], kept[0] + kept[1]] and pools[0] > 0
     for ln, st in zip(progress, stats["rounds"]):
         rate = float(re.search(r"(\d+) tok/s", ln).group(1))
-        assert abs(rate - round(st["instruction_tokens"] / st["seconds"])) <= 1
+        assert abs(rate - st["instruction_tokens_per_s"]) <= 1 and st["instruction_tokens"] > 0
+        if st["seconds"] >= 0.1:  # a fake round can take under 5 ms, which rounds to 0.00 s
+            assert abs(rate - st["instruction_tokens"] / st["seconds"]) <= 0.06 * rate + 1
         eta = float(re.search(r"ETA to target ([\d.]+) min", ln).group(1))
         assert eta >= 0
 
