@@ -14,10 +14,11 @@ Exact dedup: shuffle rows by `_h`; the smallest key of each group is kept.
 Near dedup (MinHash LSH) over rows whose normalised text is non-empty:
  1. signatures and band keys per row (map_batches, pipelines.minhash);
  2. buckets: (band key, text hash) rows shuffled by band key; a bucket of >= 2 rows is a candidate
-    group, named by a hash of its member set, so that the several bands two rows share give one
-    bucket after a second (small) shuffle that drops repeated (bucket, member) pairs;
+    group, named by a hash of its member set, so that the several bands two rows share give the
+    same (bucket, member) rows;
  3. members get their keys and signatures (a shuffle join by text hash; rows with identical texts
-    share a hash and all join). With verification (cfg.verify), each bucket is then split
+    share a hash and all join); the join drops repeated (bucket, member) rows, which all meet there
+    (they share the text hash). With verification (cfg.verify), each bucket is then split
     into the connected components of "estimated Jaccard >= threshold" among
     its members (minhash.bucket_roots, identical signatures collapsed first). Each member is linked
     to the smallest key of its in-bucket component: a star, never a pair list, and the union of
@@ -193,7 +194,7 @@ def _mix64(h: np.ndarray) -> np.ndarray:
 
 def _buckets(t: pa.Table) -> pa.Table:
     """Buckets of >= 2 rows as (bucket, kh) rows; `bucket` hashes the member set, so the several
-    bands that two rows share give one bucket after `_unique_members`."""
+    bands that two rows share give the same (bucket, kh) rows (`_attach_sigs` drops the repeats)."""
     bkey, kh = t["bkey"].to_numpy(), t["kh"].to_numpy()
     o = np.lexsort((kh, bkey))
     bkey, kh = bkey[o], kh[o]
@@ -205,14 +206,8 @@ def _buckets(t: pa.Table) -> pa.Table:
     with np.errstate(over="ignore"):
         mixed = _mix64(kh.view(np.uint64))
         bucket = _mix64(np.add.reduceat(mixed, starts[:-1]) + np.diff(starts).astype(np.uint64)) if len(kh) else mixed
-    return pa.table({"bucket": np.repeat(bucket, np.diff(starts)).view(np.int64), "kh": kh})
-
-
-def _unique_members(t: pa.Table) -> pa.Table:
-    b, k = t["bucket"].to_numpy(), t["kh"].to_numpy()
-    u = np.unique(np.stack([b, k], 1), axis=0)
-    return pa.table({"bucket": u[:, 0], "kh": u[:, 1], "key": pa.nulls(len(u), pa.string()),
-                     "sig": pa.nulls(len(u), pa.binary())})
+    return pa.table({"bucket": np.repeat(bucket, np.diff(starts)).view(np.int64), "kh": kh,
+                     "key": pa.nulls(len(kh), pa.string()), "sig": pa.nulls(len(kh), pa.binary())})
 
 
 def _sig_rows(t: pa.Table) -> pa.Table:
@@ -221,14 +216,17 @@ def _sig_rows(t: pa.Table) -> pa.Table:
 
 def _attach_sigs(t: pa.Table) -> pa.Table:
     """Member rows (bucket set) and signature rows (bucket null) of the same text hashes -> (bucket,
-    key, sig) for every row of every member hash (rows of identical texts share a hash)."""
+    key, sig) for every row of every member hash (rows of identical texts share a hash). A member
+    row repeats once per band its bucket's rows share: one of each is kept."""
     is_member = pc.is_valid(t["bucket"])
     mem, sigs = t.filter(is_member), t.filter(pc.invert(is_member)).sort_by("kh")
-    sk, mk = sigs["kh"].to_numpy(), mem["kh"].to_numpy()
+    u = np.unique(np.stack([mem["bucket"].to_numpy(), mem["kh"].to_numpy()], 1), axis=0).reshape(-1, 2)
+    mb, mk = pa.array(u[:, 0]), u[:, 1]
+    sk = sigs["kh"].to_numpy()
     lo, hi = np.searchsorted(sk, mk, "left"), np.searchsorted(sk, mk, "right")
     take_mem = np.repeat(np.arange(len(mk)), hi - lo)
     take_sig = np.arange(int((hi - lo).sum())) - np.repeat(np.cumsum(hi - lo) - (hi - lo), hi - lo) + np.repeat(lo, hi - lo)
-    return pa.table({"bucket": mem["bucket"].take(take_mem), "key": sigs["key"].take(take_sig),
+    return pa.table({"bucket": mb.take(take_mem), "key": sigs["key"].take(take_sig),
                      "sig": sigs["sig"].take(take_sig)})
 
 
@@ -285,21 +283,16 @@ def _edges(ds):
 # ---- connected components: large-star / small-star ----------------------------------------------
 
 def _directed(t: pa.Table, both: bool) -> pa.Table:
-    """Edges as directed (u, v) rows: both directions; or larger -> smaller, passing `bad` on."""
-    bad = int(pc.sum(t["bad"]).as_py() or 0) if "bad" in t.column_names else 0
+    """Edges as directed (u, v) rows: both directions, or larger -> smaller."""
     t = t.filter(pc.not_equal(t["a"], t["b"]))  # also drops the stats rows
+    a, b = _array(t["a"]), _array(t["b"])
     if both:
-        a, b = _array(t["a"]), _array(t["b"])
         return pa.table({"u": pa.concat_arrays([a, b]), "v": pa.concat_arrays([b, a])})
-    null = pa.nulls(1, pa.string())
-    return pa.table({"u": pa.concat_arrays([_array(pc.max_element_wise(t["a"], t["b"])), null]),
-                     "v": pa.concat_arrays([_array(pc.min_element_wise(t["a"], t["b"])), null]),
-                     "bad": np.r_[np.zeros(t.num_rows, np.int64), bad]})
+    return pa.table({"u": _array(pc.max_element_wise(a, b)), "v": _array(pc.min_element_wise(a, b))})
 
 
 def _grouped(t: pa.Table):
     """Distinct directed edges as sorted int codes (u, v), run starts of u, and the code table."""
-    t = t.filter(pc.is_valid(t["u"]))
     (u, v), vals = _codes(t["u"], t["v"])
     o = np.lexsort((v, u))
     u, v = u[o], v[o]
@@ -324,12 +317,11 @@ def _large_star(t: pa.Table) -> pa.Table:
 
 def _small_star(t: pa.Table) -> pa.Table:
     """Link u and its smaller neighbours to the smallest of them."""
-    bad = int(pc.sum(t["bad"]).as_py() or 0)
     u, v, starts, vals = _grouped(t)
     size = np.diff(starts)
     m = np.repeat(v[starts[:-1]], size)
     a, b = _unique_pairs(np.concatenate([u[starts[:-1]], v[v != m]]), np.concatenate([v[starts[:-1]], m[v != m]]))
-    return _with_stats(vals.take(a), vals.take(b), bad=bad)
+    return _with_stats(vals.take(a), vals.take(b))
 
 
 def _unique_pairs(a: np.ndarray, b: np.ndarray):
@@ -341,15 +333,16 @@ def _unique_pairs(a: np.ndarray, b: np.ndarray):
 
 def connected_components(edges, partitions: int | None = None):
     """Links (a, b) -> (dataset of (a = key, b = smallest key of its component), rounds): one row per
-    key that is not the smallest of its component. A round is a large-star then a small-star step;
-    when the large-star step found every node a centre or a leaf, the graph was already stars."""
+    key that is not the smallest of its component. A round is a large-star then a small-star step.
+    When the large-star step found every node a centre or a leaf, its input was already stars and
+    its output is those stars (each leaf linked to its centre): the small-star step is skipped."""
     edges = edges.materialize()
     p = partitions or _partitions(edges)
     for rounds in range(1, _CC_MAX_ROUNDS + 1):
-        large = by_key(each_block(edges, _directed, both=True), "u", _large_star, p)
+        large = by_key(each_block(edges, _directed, both=True), "u", _large_star, p).materialize()
+        if _stats(large).get("bad", 0) == 0:
+            return _edges(large), rounds
         edges = by_key(each_block(large, _directed, both=False), "u", _small_star, p).materialize()
-        if _stats(edges).get("bad", 0) == 0:
-            return _edges(edges), rounds
     raise RuntimeError("connected components did not converge")
 
 
@@ -400,7 +393,7 @@ def near_dedup(ds, cfg: MinHashConfig, columns: list[str], partitions: int | Non
     stats = {"bands": bands, "rows": rows, "signed_rows": n}
     secs["signatures"], t0 = time.time() - t0, time.time()
     p = partitions or max(2, min(256, math.ceil(n * bands * 48 / (64 << 20))))
-    members = by_key(by_key(each_block(sigs, _explode_bands), "bkey", _buckets, p), "bucket", _unique_members, p)
+    members = by_key(each_block(sigs, _explode_bands), "bkey", _buckets, p)
     joined = by_key(members.union(each_block(sigs, _sig_rows)), "kh", _attach_sigs, partitions or _partitions(sigs))
     links = by_key(joined, "bucket", _verify, p, threshold=cfg.threshold if cfg.verify else 0.0,
                    num_perm=cfg.num_perm, max_exact=cfg.max_exact_bucket).materialize()

@@ -207,3 +207,7 @@ def test_connected_components_large_small_star(ray_session):
     labels, rounds = dedup.connected_components(ds.materialize(), 3)
     assert {r["a"]: r["b"] for r in labels.take_all()} == truth
     assert rounds < 20
+    # Links that are already stars around their smallest key converge in one large-star step.
+    stars = ray.data.from_items([{"a": x, "b": y} for x, y in sorted(truth.items())]).repartition(3)
+    labels, rounds = dedup.connected_components(stars.materialize(), 2)
+    assert {r["a"]: r["b"] for r in labels.take_all()} == truth and rounds == 1
