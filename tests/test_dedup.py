@@ -158,6 +158,21 @@ def test_many_copies_link_to_the_smallest_id(ray_session):
     assert len(got) == 2999 and set(got.values()) == {"r00000"}
 
 
+def test_budgeted_changes_only_the_copy(ray_session):
+    from ray.data._internal.execution import backpressure_policy as bp
+
+    def policies(d):
+        return d.context.get_config(bp.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, bp.ENABLED_BACKPRESSURE_POLICIES)
+
+    ds = ray.data.range(100, override_num_blocks=4).materialize()
+    off = dedup.budgeted(ds, False)
+    on = dedup.budgeted(off.map_batches(lambda b: b), True)
+    assert bp.ResourceBudgetBackpressurePolicy not in policies(off)
+    assert bp.ResourceBudgetBackpressurePolicy in policies(on) and bp.ResourceBudgetBackpressurePolicy in policies(ds)
+    assert policies(off) == [p for p in policies(ds) if p is not bp.ResourceBudgetBackpressurePolicy]
+    assert sorted(r["id"] for r in on.take_all()) == list(range(100))  # same rows, materialized blocks reused
+
+
 def test_exact_dedup_keeps_smallest_id(ray_session):
     rows = [{"id": "b", "instruction": "Say hi", "input": "", "output": "Hi!", "model": ""},
             {"id": "a", "instruction": "say   HI.", "input": "", "output": "hi", "model": ""},
