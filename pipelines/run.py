@@ -221,10 +221,13 @@ def summary(m: dict, path: Path) -> None:
     tr = st.get("train", {})
     if tr:
         lines.append(f"  train: {tr.get('steps', 0)} steps, loss {tr.get('first_loss', 0):.3f} -> "
-                     f"{tr.get('final_loss', 0):.3f}, {tr.get('tokens_per_s', 0):.0f} tok/s")
+                     f"{tr.get('final_loss', 0):.3f}, {tr.get('tokens_per_s', 0):.0f} tok/s"
+                     + (f"; eval loss {tr['eval_loss']:.3f}" if tr.get("eval_loss") is not None else "")
+                     + (f", held-out ROUGE-L {tr['rouge_l']:.3f}" if tr.get("rouge_l") is not None else ""))
     f = m.get("files", {})
-    lines.append(f"  data:     {path / 'data'} ({f.get('data_rows', 0)} rows)")
-    lines.append(f"  rejected: {path / 'rejected'} ({f.get('rejected_rows', 0)} rows)")
+    for name, key in (("data", "data_rows"), ("rejected", "rejected_rows")):
+        if (path / name).is_dir():  # a train-only output_dir has neither
+            lines.append(f"  {name + ':':<9} {path / name} ({f.get(key, 0)} rows)")
     if (path / "model" / "config.json").exists():
         lines.append(f"  model:    {path / 'model'}")
     lines.append(f"  manifest: {path / 'manifest.json'}")

@@ -210,3 +210,19 @@ def test_report_renders_in_chromium(tmp_path):
     widths = re.search(r'data-widths="([^"]*)"', dom)
     assert widths, dom[:500]
     assert [int(w) > 0 for w in widths.group(1).split(",")] == [True] * 6
+
+
+def test_run_summary_shows_eval_scores_and_only_folders_that_exist(tmp_path, capsys):
+    from pipelines.run import summary
+
+    m = {"status": "done", "wall_seconds": 3, "files": {"data_rows": 0, "rejected_rows": 0},
+         "stages": {"train": {"steps": 2, "first_loss": 4.0, "final_loss": 2.5, "tokens_per_s": 10,
+                              "eval_loss": 3.25, "rouge_l": 0.1284}}}
+    summary(m, tmp_path)  # a train-only output_dir: no data/ nor rejected/
+    out = capsys.readouterr().out
+    assert "loss 4.000 -> 2.500, 10 tok/s; eval loss 3.250, held-out ROUGE-L 0.128" in out
+    assert "data:" not in out and "rejected:" not in out
+    (tmp_path / "data").mkdir()
+    summary(dict(m, files={"data_rows": 7}), tmp_path)
+    out = capsys.readouterr().out
+    assert f"data:     {tmp_path / 'data'} (7 rows)" in out and "rejected:" not in out
