@@ -83,9 +83,10 @@ def budgeted(ds, on: bool):
     coordinator first answers (about a second; they are refreshed once a second), and a zero
     budget admits one task at a time, so each short execution on a small cluster ran its first
     second or more one task at a time. Off where a stage's output is materialized whole anyway
-    (the read and signatures, the component rounds, the labels): Ray core still runs at most one
-    task per CPU. The bucket shuffles and what callers get back keep it: with it off there too,
-    the 1M-row bench peaked ~1.5 GiB higher (7.65 against 6.13 GiB)."""
+    (the read and signatures, the component rounds, labelling the rows): Ray core still runs at
+    most one task per CPU. The bucket shuffles and what callers get back keep it: with it off
+    there too, near dedup alone on the 1M-row bench corpus peaked ~1.5 GiB higher (7.65 against
+    6.13 GiB, a one-off measurement, not a bench/ output)."""
     out = Dataset.copy(ds, _deep_copy=True)  # deep: its own context, so ds keeps its policies
     policies = [p for p in out.context.get_config(bp.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
                                                   bp.ENABLED_BACKPRESSURE_POLICIES)
