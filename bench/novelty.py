@@ -5,7 +5,9 @@
 Per N: the 175 seed tasks form the pool; N generated instructions are streamed through filter_novel
 (threshold 0.7) in the pipeline's default mode (generate.exact_novelty_scores, exact scores:
 "stream-exact"; --stream-bound streams them a second time, on a second index, with lower-bound
-scores: "stream-bound", which doubles the stream time and more); then --probe new candidates are
+scores: "stream-bound", which doubles the stream time and more), timed in two halves: the second half's
+time per instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment merges)
+included; then, on the index with all of the stream indexed, --probe new candidates are
 filtered against the pool of that size with lower-bound scores (the cluster profile's mode,
 "probe") and, on a copy of the index, with exact scores ("probe-exact"). The reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
 `partial(scorer.score, candidate)` over every pool instruction (+ the ones kept before it) and drops
@@ -17,8 +19,9 @@ must be 0; "differing rows" compares (kept, score, most similar): 0 expected in 
 lower-bound kept rows carry a lower-bound score.
 
 The last line is the verdict: the speed-up at N=50000 (probe rows) against the 1000x target, the
-growth of the per-instruction cost from N=50000 to 200000 against log growth (log 200000 / log
-50000 = 1.128), and the differing decisions in total; the exit status is 1 if any decision differs.
+growth of the per-instruction cost from N=50000 to 200000 (probe rows and the streams' second
+halves) against log growth (log 200000 / log 50000 = 1.128), and the differing decisions in total;
+the exit status is 1 if any decision differs.
 
 Instructions: imperative openers + a word-bigram chain over the Self-Instruct data in
 ../shared/data/self-instruct (built-in word lists without it), rare "entity" words from a Zipf-like
@@ -207,13 +210,15 @@ def _mode(exact: bool) -> str:
     return "exact" if exact else "bound"
 
 
-def verdict(rows) -> tuple[str, bool]:
+def verdict(rows, marginal) -> tuple[str, bool]:
     """The closing line, and whether every decision matched the reference. rows: (N, batch name,
-    candidates, our seconds, reference seconds, ...) as main() collects them."""
+    candidates, our seconds, reference seconds, ...) as main() collects them; marginal: (N, stream
+    name) -> seconds per instruction over the stream's second half."""
     per = {(n, name): (t_ours / m, t_ref / t_ours) for n, name, m, t_ours, t_ref, *_ in rows}
+    per.update({(n, name + " 2nd half"): (sec, 0.0) for (n, name), sec in marginal.items()})
     parts = []
-    for name in ("probe-exact", "probe"):
-        if (SMALL_N, name) in per:
+    for name in ["probe-exact", "probe"] + sorted({name for _, name in per if name.endswith(" 2nd half")}):
+        if (SMALL_N, name) in per and name.startswith("probe"):
             up = per[SMALL_N, name][1]
             parts.append(f"{name} speed-up at N={SMALL_N}: {up:.0f}x ({'meets' if up >= TARGET_SPEEDUP else 'MISSES'} "
                          f"the {TARGET_SPEEDUP}x target)")
@@ -241,7 +246,7 @@ def main():
     seeds, corpus = seeds_and_corpus()
     print(f"seed pool: {len(seeds)} instructions; bigram corpus: {len(corpus)} sentences; threshold {a.threshold}; "
           f"reference: rouge-score + multiprocessing Pool({a.workers}) (created once); {os.cpu_count()} CPUs")
-    rows = []
+    rows, marginal = [], {}  # marginal: (N, stream) -> seconds per instruction over its second half
     with mp.get_context("fork").Pool(a.workers) as workers:
         for n in a.sizes:
             gen = Generator(corpus, seed=n)
@@ -252,8 +257,13 @@ def main():
                 for s in seeds:
                     indexes[-1].add(s)
                 t0 = time.perf_counter()
-                res = filter_novel(indexes[-1], stream)
-                streams.append((f"stream-{_mode(exact)}", res, time.perf_counter() - t0))
+                res = filter_novel(indexes[-1], stream[:n // 2])
+                t1 = time.perf_counter()
+                res += filter_novel(indexes[-1], stream[n // 2:])  # equal to one call (tests/test_novelty.py)
+                indexes[-1]._flush()  # the stream's last additions are indexed as part of the stream
+                t2 = time.perf_counter()
+                streams.append((f"stream-{_mode(exact)}", res, t2 - t0))
+                marginal[n, f"stream-{_mode(exact)}"] = (t2 - t1) / (n - n // 2)
             idx = indexes[0]  # the probes start from the pipeline mode's pool (decisions, so pools, are equal)
             pool = list(idx._texts)
             idx_bound, idx_exact = copy.deepcopy(idx), copy.deepcopy(idx)
@@ -269,7 +279,10 @@ def main():
             print(f"\nN={n}: stream ({_mode(PIPELINE_EXACT)} scores, the pipeline default) kept "
                   f"{sum(k for k, _, _ in res)}/{n} in {t_stream:.1f}s; pool {len(pool)}, "
                   f"vocabulary {len(idx._ids)} elements, {len(idx._segs)} segments, ~{mem:.0f} bytes/instruction "
-                  f"(index arrays + token-code strings, texts excluded)", flush=True)
+                  f"(index arrays + token codes, texts excluded)", flush=True)
+            for name, _, _ in streams:
+                print(f"  {name}, second half (pool ~{n // 2}..{n}, index upkeep included): "
+                      f"{marginal[n, name] * 1e6:.0f} us/instr", flush=True)
             batches = [("probe", pool, probe, res_p, t_probe), ("probe-exact", pool, probe, res_x, t_exact)]
             batches += [(name, seeds, stream, r, t) for name, r, t in streams]
             for k, (name, p0, cands, ours, t_ours) in enumerate(batches):
@@ -288,17 +301,17 @@ def main():
         print(f"{n:>7}  {name:<12} {m:>7} | {t_ours:8.2f}s {t_ours / m * 1e6:8.0f} | "
               f"{('' if full else '~') + f'{t_ref:.0f}s':>9} {'full' if full else 'sample':>7}  | {t_ref / t_ours:7.0f}x | "
               f"{done:>5}/{m:<6} | {dec:>19} | {diff_rows:>5}")
-    line, same = verdict(rows)
+    line, same = verdict(rows, marginal)
     print("\n" + line)
     return 0 if same else 1
 
 
 def index_bytes(idx) -> int:
-    """Bytes of the index's arrays and token-code strings (not the caller's texts)."""
-    arrays = [idx._els.a, idx._off.a, idx._len.a, idx._h.a]
+    """Bytes of the index's arrays (not the caller's texts)."""
+    arrays = [idx._els.a, idx._off.a, idx._len.a, idx._h.a, idx._codes.a]
     for s in idx._segs:
         arrays += [s.key, s.rid] + ([s.pkey, s.prid] if hasattr(s, "pkey") else [])
-    return sum(x.nbytes for x in arrays) + sum(sys.getsizeof(x) for x in idx._seqs) + 8 * len(idx._seqs)
+    return sum(x.nbytes for x in arrays)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,17 @@ t-th shared element sits at position <= |A|-alpha+t-1 in A and <= |B|-alpha+t-1 
 - pair index (records <= _LMAX tokens, bound = threshold): every pair of elements inside a record's
   longest possible extended prefix, key (hash(e1, e2), lb, position of e2). A qualifying pair
   shares its first two shared elements as such a pair: one range per query pair, a few postings.
-Hits are verified with rapidfuzz's compiled LCS. Bounds keep a 1e-9 slack (float F vs 2L/(la+lb)).
+Hits are verified with a compiled bit-parallel LCS (pipelines/novelty_jit.py). Bounds keep a
+1e-9 slack (float F vs 2L/(la+lb)).
 Scores: dropped rows always get the exact max (all F > threshold are found). Kept rows get the exact
 max with exact_scores=True (search at the threshold, then at the best found, stepping down only when
 nothing was found: cost grows with the pool) and by default the best over the pool instructions that
 share two rare-prefix words at the threshold bound: a lower bound that depends only on the two texts
 and the first _FREEZE pool instructions (the element order is frozen from their frequencies; scores
 before that are exact), so results do not depend on batching. best() is always exact.
-Storage: numpy arrays (elements, postings) plus a code string and the text per record, in static
-segments merged like a binary counter (O(log N) segments).
+Storage: numpy arrays (elements, token codes, postings) plus the text per record, in static
+segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the two
+segments' sorted postings, nothing is rebuilt).
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ import zlib
 
 import numpy as np
 from rapidfuzz.distance import LCSseq
-from rapidfuzz.process import cdist
 
+from pipelines.novelty_jit import lcs_pairs, pair_search
 from pipelines.rouge import fmeasure_vec, rouge_l, tokenize
 
 __all__ = ["NoveltyIndex", "filter_novel", "rouge_l"]
@@ -41,7 +43,6 @@ _LADDER = (0.5, 0.3, 0.15, 0.0)  # exact search: bounds tried when nothing was f
 _CHUNK = 1024                     # candidates per vectorised pass
 _FREEZE = 2048                    # the element order is frozen from the first _FREEZE records
 _LMAX = 64                        # longer records are found through the element index only
-_UNKNOWN = 0xD800                 # token code used by no pool record (codes skip the surrogates)
 
 
 class _Grow:
@@ -163,6 +164,18 @@ class _Segment:
             o = np.argsort(pkey, kind="stable")
             self.pkey, self.prid = pkey[o], (own[o] + lo).astype(np.int32)
 
+    @classmethod
+    def merged(cls, a: "_Segment", b: "_Segment") -> "_Segment":
+        """a + b (adjacent, same order) without rebuilding: the keys of a record do not depend on
+        its segment, so the postings are the two sorted runs merged (a stable sort of two runs is a
+        linear merge, timsort; on equal keys a's records, the lower ids, stay first)."""
+        s = cls.__new__(cls)
+        s.lo, s.hi, s.order, s.maxlen = a.lo, b.hi, a.order, max(a.maxlen, b.maxlen)
+        s.key, s.rid = _merge(a.key, b.key, a.rid, b.rid)
+        if hasattr(a, "pkey"):
+            s.pkey, s.prid = _merge(a.pkey, b.pkey, a.prid, b.prid)
+        return s
+
     def search(self, rows, la, sig, k1, L, lbfloor=1):
         """(query, record) candidates, sorted: records of >= lbfloor tokens sharing >= min(k1+1,
         alpha) elements with the query inside both prefixes extended by k1."""
@@ -187,25 +200,19 @@ class _Segment:
         ok = hits >= np.minimum(_alpha(sig[q], la[q], L[r]), k1 + 1)
         return q[ok], r[ok]
 
-    def search_pairs(self, prow, la, sig, L):
+    def search_pairs(self, pn: "_PairNeedles", L):
         """(query, record) candidates among records <= _LMAX tokens: a shared pair signature whose
         later element is inside both prefixes extended by one position."""
-        rq, i2, h = prow
-        lam, sg = la[rq], sig[rq]
-        lbmin, lbhi = _lbmin(sg, lam), _lbhi(sg, lam, i2, 1, min(self.maxlen, _LMAX))
-        ok = np.flatnonzero(lbhi >= lbmin)
-        idx, rng = _ranges(self.pkey, (h[ok] << 24) | (lbmin[ok] << 8), (h[ok] << 24) | (lbhi[ok] << 8) | 255)
-        row, r = ok[rng], self.prid[idx].astype(np.int64)
-        a = _alpha(sg[row], lam[row], L[r], 1)
-        m = ((self.pkey[idx] & 255) <= L[r] - a) & (i2[row] <= lam[row] - a)
-        pk = np.unique(rq[row[m]] * (1 << 32) + r[m])
+        hi = np.minimum(pn.lbhi, min(self.maxlen, _LMAX))[pn.o]  # lbhi is monotone in the cap
+        hi = (pn.h[pn.o] << 24) | (hi << 8) | 255  # below lo (an empty range) where hi < lbmin
+        pk = np.unique(pair_search(self.pkey, self.prid, pn.lo_sorted, hi, pn.o, pn.rq, pn.i2, pn.lam, pn.sg, L))
         return pk >> 32, pk & 0xFFFFFFFF
 
     def candidates(self, rows, prow, la, sig, L, k1):
         """Element index (prow None) or the pair index plus the element index for long records."""
         if prow is None:
             return self.search(rows, la, sig, k1, L)
-        q, r = self.search_pairs(prow, la, sig, L)
+        q, r = self.search_pairs(prow, L)
         if self.maxlen > _LMAX:
             q2, r2 = self.search(rows, la, sig, 1, L, lbfloor=_LMAX + 1)
             q, r = np.r_[q, q2], np.r_[r, r2]
@@ -214,14 +221,21 @@ class _Segment:
         return q, r
 
 
-def _verify(q, r, la, L, q_seqs, seqs):
-    """ROUGE-L F of (query, record) pairs sorted by query: one compiled cdist call per query."""
-    lcs = np.empty(len(q), np.int64)
-    cut = np.flatnonzero(np.r_[True, q[1:] != q[:-1], True]) if len(q) else np.zeros(1, np.int64)
-    rl = r.tolist()
-    for x, y in zip(cut[:-1].tolist(), cut[1:].tolist()):
-        lcs[x:y] = cdist([q_seqs[q[x]]], [seqs[t] for t in rl[x:y]], scorer=LCSseq.similarity, dtype=np.int64)[0]
-    return fmeasure_vec(lcs, la[q], L[r])
+def _merge(ka, kb, va, vb):
+    key = np.concatenate([ka, kb])
+    o = np.argsort(key, kind="stable")
+    return key[o], np.concatenate([va, vb])[o]
+
+
+def _verify(q, r, Q: "_Queries", P: "_Queries", vocab: int):
+    """ROUGE-L F of (query, record) pairs sorted by query: compiled bit-parallel LCS; queries of
+    more than 64 tokens through rapidfuzz, pair by pair (rare for instructions)."""
+    lcs = lcs_pairs(q, r, Q.codes, Q.off, P.codes, P.off, max(vocab, 1))
+    for k in np.flatnonzero(lcs < 0).tolist():
+        a, b = Q.off[q[k]], P.off[r[k]]
+        rec = P.codes[b:b + P.la[r[k]]]
+        lcs[k] = LCSseq.similarity(Q.codes[a:a + Q.la[q[k]]].tolist(), np.where(rec < 0, -2, rec).tolist())
+    return fmeasure_vec(lcs, Q.la[q], P.la[r])
 
 
 def _update(best, arg, q, r, f):
@@ -235,10 +249,24 @@ def _update(best, arg, q, r, f):
         best[q[better]], arg[q[better]] = f[better], r[better]
 
 
+class _PairNeedles:
+    """A chunk's query pair signatures prepared once for every segment: partner length range
+    (lbhi for the largest cap, _LMAX) and the range starts, sorted for pair_search."""
+    def __init__(self, prow, la, sg):
+        self.rq, self.i2, self.h = prow
+        self.lam, self.sg = la[self.rq], np.full(len(self.rq), sg)
+        self.lbmin, self.lbhi = _lbmin(self.sg, self.lam), _lbhi(self.sg, self.lam, self.i2, 1, _LMAX)
+        lo = (self.h << 24) | (self.lbmin << 8)
+        self.o = np.argsort(lo)
+        self.lo_sorted = lo[self.o]
+
+
 class _Queries:
-    """Encoded texts: flat elements with their query number, token counts, token-code sequences."""
-    def __init__(self, els, qid, la, seqs):
-        self.els, self.qid, self.la, self.seqs = els, qid, la, seqs
+    """Encoded texts: flat elements with their query number, token counts, and the token codes
+    (a token's first element id; -1 for a token the pool does not have) flat with offsets."""
+    def __init__(self, els, qid, la, codes, off=None):
+        self.els, self.qid, self.la, self.codes = els, qid, la, codes
+        self.off = np.r_[0, np.cumsum(la)] if off is None else off
 
 
 class NoveltyIndex:
@@ -251,7 +279,7 @@ class NoveltyIndex:
         self._ids: dict[str, int] = {}  # token, or "token k" for its k-th occurrence -> element id
         self._h = _Grow(np.int64)       # content hash per element
         self._texts: list[str] = []
-        self._seqs: list = []           # token codes per record (str; list of ints past U+10FFFF)
+        self._codes = _Grow(np.int32)   # token codes of the records, flat (offsets: self._off)
         self._els, self._off, self._len = _Grow(np.int32), _Grow(np.int64), _Grow(np.int64)
         self._off.extend([0])
         self._segs: list[_Segment] = []
@@ -261,9 +289,9 @@ class NoveltyIndex:
         return len(self._texts)
 
     def _encode(self, texts, grow: bool) -> _Queries:
-        ids, els, qid, la, seqs, new = self._ids, [], [], [], [], []
+        ids, els, qid, la, codes, new = self._ids, [], [], [], [], []
         for k, text in enumerate(texts):
-            toks, occ, codes = tokenize(text), {}, []
+            toks, occ = tokenize(text), {}
             for t in toks:
                 c = occ[t] = occ.get(t, 0) + 1
                 key = t if c == 1 else f"{t} {c}"
@@ -276,15 +304,15 @@ class NoveltyIndex:
                     els.append(e)
                     qid.append(k)
                 e = e if c == 1 else ids.get(t)  # a token's code is its first element's id
-                codes.append(_UNKNOWN if e is None else e if e < 0xD800 else e + 0x800)
-            seqs.append("".join(map(chr, codes)) if max(codes, default=0) <= 0x10FFFF else codes)
+                codes.append(-1 if e is None else e)
             la.append(len(toks))
         self._h.extend(new)
-        return _Queries(np.array(els, np.int64), np.array(qid, np.int64), np.array(la, np.int64), seqs)
+        return _Queries(np.array(els, np.int64), np.array(qid, np.int64), np.array(la, np.int64),
+                        np.array(codes, np.int32))
 
     def _append(self, texts, q: _Queries, keep) -> None:
         self._texts += texts
-        self._seqs += [s for s, k in zip(q.seqs, keep) if k]
+        self._codes.extend(q.codes[np.repeat(keep, q.la)])
         self._els.extend(q.els[keep[q.qid]])
         self._len.extend(q.la[keep])
         self._off.extend(self._off.a[self._off.n - 1] + np.cumsum(q.la[keep]))
@@ -306,7 +334,7 @@ class NoveltyIndex:
         self._segs.append(self._segment(lo, n))
         while len(self._segs) > 1 and self._segs[-2].hi - self._segs[-2].lo < 2 * (n - self._segs[-1].lo):
             a, b = self._segs[-2], self._segs.pop()
-            self._segs[-1] = self._segment(a.lo, b.hi)
+            self._segs[-1] = _Segment.merged(a, b) if a.order is b.order else self._segment(a.lo, b.hi)
 
     def _segment(self, lo, hi) -> _Segment:
         off = self._off.a
@@ -316,21 +344,26 @@ class NoveltyIndex:
     def _pair_rows(self, q: _Queries, rows, start):
         sg, la = self._psig(), q.la
         npos = np.where(sg * la / (2 - sg) <= _LMAX, _npos(sg, la), 0)
-        return _pairs(rows[2], start, npos, sg * (la + 1) <= 2)
+        return _PairNeedles(_pairs(rows[2], start, npos, sg * (la + 1) <= 2), la, sg)
 
     def _pool_best(self, q: _Queries, exact: bool):
         """(best F, record) per query vs the pool: exact, or the default lower bound (module doc)."""
         self._flush()
         nq, n, L = len(q.la), len(self), self._len.view()
+        pool = _Queries(None, None, L, self._codes.view(), self._off.view())
         # record 0 when every score is 0 (exact, or a zero bound: then all F > 0 are found); -1: none
         best, arg = np.zeros(nq), np.full(nq, 0 if n and (exact or self._bound <= 0) else -1, np.int64)
-        rows = {id(s.order): s.order.positions(q.els, q.qid, nq) for s in self._segs}
+        orders = {id(s.order): s.order for s in self._segs}  # one before the freeze: several
+        rows = {k: o.positions(q.els, q.qid, nq) for k, o in orders.items()}
         if not exact:  # frozen: one order, one search at the threshold
             (rows, start), = rows.values() or [self._order.positions(q.els, q.qid, nq)]
             prow, sig = self._pair_rows(q, rows, start), np.full(nq, self._psig())
-            for s in self._segs:
-                qq, rr = s.candidates(rows, prow, q.la, sig, L, 1)
-                _update(best, arg, qq, rr, _verify(qq, rr, q.la, L, q.seqs, self._seqs))
+            found = [s.candidates(rows, prow, q.la, sig, L, 1) for s in self._segs]
+            qq = np.concatenate([np.zeros(0, np.int64)] + [f[0] for f in found])
+            rr = np.concatenate([np.zeros(0, np.int64)] + [f[1] for f in found])
+            o = np.lexsort((rr, qq))  # all segments' candidates verified in one pass
+            qq, rr = qq[o], rr[o]
+            _update(best, arg, qq, rr, _verify(qq, rr, q, pool, len(self._ids)))
             return best, arg
         bound, active, k1 = np.full(nq, self._bound), (q.la > 0) & (n > 0), 0
         while active.any():  # k1 = 0 first: every prefix pair verified, a high lower bound early
@@ -339,7 +372,7 @@ class NoveltyIndex:
                 (rq, ri, re_), _ = rows[id(s.order)]
                 m = active[rq]
                 qq, rr = s.search((rq[m], ri[m], re_[m]), q.la, sig, k1, L)
-                _update(best, arg, qq, rr, _verify(qq, rr, q.la, L, q.seqs, self._seqs))
+                _update(best, arg, qq, rr, _verify(qq, rr, q, pool, len(self._ids)))
             done = (best >= bound) | (bound <= 0)
             step = np.array([next((x for x in _LADDER if x < b), 0.0) for b in bound])
             bound, active, k1 = np.where(done, bound, np.where(best > 0, best, step)), active & ~done, 1
@@ -383,7 +416,7 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
         (rows, start), sig = index._order.positions(q.els, q.qid, nc), np.maximum(best - _EPS, 0.0)
         prow = None if exact else index._pair_rows(q, rows, start)
         pq, pr = seg.candidates(rows, prow, q.la, sig if exact else np.full(nc, index._psig()), q.la, 1)
-        pf = _verify(pq, pr, q.la, q.la, q.seqs, q.seqs)
+        pf = _verify(pq, pr, q, q, len(index._ids))
         m = (pr < pq) & (pf > best[pq])
         pq, pr, pf = pq[m], pr[m], pf[m]  # sorted by (pq, pr)
         cut = np.searchsorted(pq, np.arange(nc + 1))

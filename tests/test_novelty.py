@@ -264,3 +264,48 @@ def test_order_determinism_and_batch_splits():
         got2 += filter_novel(idx2, cands[a:b])
     assert got2 == expected
     assert idx._texts == base._texts == idx2._texts
+
+
+def test_compiled_lcs_equals_rapidfuzz():
+    """The bit-parallel LCS on token codes: lengths around the 64-token word (the fallback past it),
+    repeated codes, codes the pool does not have (-1) on either side, empty sequences."""
+    import numpy as np
+    from rapidfuzz.distance import LCSseq
+
+    from pipelines.novelty import _Queries, _verify
+    from pipelines.rouge import fmeasure_vec
+    rng = random.Random(7)
+    qs = [[rng.randrange(-1, 12) for _ in range(n)] for n in [0, 1, 5, 31, 63, 64, 65, 130] * 3]
+    ps = [[rng.randrange(0, 12) for _ in range(n)] for n in [0, 1, 2, 9, 40, 64, 65, 200]]
+    ps.append([-1, 3, -1, 4])
+    flat = lambda seqs: np.array([c for s in seqs for c in s], np.int32)
+    Q = _Queries(None, None, np.array([len(s) for s in qs]), flat(qs))
+    P = _Queries(None, None, np.array([len(s) for s in ps]), flat(ps))
+    q = np.repeat(np.arange(len(qs)), len(ps))
+    r = np.tile(np.arange(len(ps)), len(qs))
+    f = _verify(q, r, Q, P, vocab=12)
+    lcs = np.array([LCSseq.similarity([c if c >= 0 else -2 for c in qs[a]], [c if c >= 0 else -3 for c in ps[b]])
+                    for a, b in zip(q.tolist(), r.tolist())])
+    assert f.tolist() == fmeasure_vec(lcs, Q.la[q], P.la[r]).tolist()
+    assert (lcs > 0).sum() > 100 and (lcs[Q.la[q] > 64] > 0).sum() > 20  # the data has real common subsequences
+
+
+def test_merged_segments_equal_a_rebuild(monkeypatch):
+    """A merge (linear merge of the sorted postings) gives the arrays a fresh build of the same
+    records gives, pair index included."""
+    monkeypatch.setattr(novelty, "_FREEZE", 50)
+    calls, merged = [], novelty._Segment.merged
+    monkeypatch.setattr(novelty._Segment, "merged", classmethod(lambda cls, a, b: calls.append(1) or merged(a, b)))
+    idx = NoveltyIndex()
+    for k, t in enumerate(paraphrases(400, seed=50) + TRICKY):
+        idx.add(t)
+        if k % 37 == 0:
+            idx._flush()  # many small segments, merged as the counter carries
+    idx._flush()
+    assert idx._frozen and len(idx._segs) >= 2
+    for s in idx._segs:
+        fresh = idx._segment(s.lo, s.hi)
+        assert (s.key == fresh.key).all() and (s.rid == fresh.rid).all()
+        assert (s.pkey == fresh.pkey).all() and (s.prid == fresh.prid).all()
+        assert s.maxlen == fresh.maxlen
+    assert len(calls) >= 5
