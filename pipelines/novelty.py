@@ -254,8 +254,8 @@ class _PairNeedles:
     (lbhi for the largest cap, _LMAX) and the range starts, sorted for pair_search."""
     def __init__(self, prow, la, sg):
         self.rq, self.i2, self.h = prow
-        self.lam, self.sg = la[self.rq], np.full(len(self.rq), sg)
-        self.lbmin, self.lbhi = _lbmin(self.sg, self.lam), _lbhi(self.sg, self.lam, self.i2, 1, _LMAX)
+        self.lam, self.sg = la[self.rq], float(sg)
+        self.lbmin, self.lbhi = _lbmin(sg, self.lam), _lbhi(sg, self.lam, self.i2, 1, _LMAX)
         lo = (self.h << 24) | (self.lbmin << 8)
         self.o = np.argsort(lo)
         self.lo_sorted = lo[self.o]
