@@ -9,7 +9,8 @@ scores: "stream-bound", which doubles the stream time and more), timed in two ha
 time per instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment merges)
 included; then, on the index with all of the stream indexed, --probe new candidates are
 filtered against the pool of that size with lower-bound scores (the cluster profile's mode,
-"probe") and, on a copy of the index, with exact scores ("probe-exact"). The reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
+"probe") and with exact scores ("probe-exact"), each --repeat times on fresh copies of the index,
+the median time reported (a 50k probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
 `partial(scorer.score, candidate)` over every pool instruction (+ the ones kept before it) and drops
 it if max F > 0.7. It runs on the same candidates against the same pool state, in full when that is
 estimated under 10 minutes, else on candidates spread evenly over the batch for --ref-budget
@@ -24,7 +25,7 @@ halves) against log growth (log 200000 / log 50000 = 1.128), and the differing d
 the exit status is 1 if any decision differs.
 
 Instructions: imperative openers + a word-bigram chain over the Self-Instruct data in
-../shared/data/self-instruct (built-in word lists without it), rare "entity" words from a Zipf-like
+../shared/data/self-instruct or $SELF_INSTRUCT_DATA (built-in word lists only with --allow-fallback), rare "entity" words from a Zipf-like
 law over a 10^6 pseudo-word lexicon (the vocabulary keeps growing with N, as in real data), ~25%
 near-paraphrases of earlier instructions (word drops/inserts/swaps/substitutions, case, punctuation)
 and ~2% exact repeats.
@@ -238,6 +239,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 200000])
     ap.add_argument("--probe", type=int, default=2000, help="candidates filtered against the pool of size ~N")
+    ap.add_argument("--repeat", type=int, default=5, help="probe runs (fresh index copies); the median is reported")
+    ap.add_argument("--allow-fallback", action="store_true",
+                    help="run on built-in word lists when the Self-Instruct data is missing (numbers not comparable)")
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--workers", type=int, default=2, help="reference multiprocessing Pool size")
     ap.add_argument("--ref-budget", type=float, default=120.0, help="reference seconds per sampled measurement")
@@ -245,6 +249,10 @@ def main():
                     help="also stream with lower-bound scores (the pipeline default is exact scores)")
     a = ap.parse_args()
     seeds, corpus = seeds_and_corpus()
+    if not (DATA / "seed_tasks.jsonl").exists() and not a.allow_fallback:
+        sys.exit(f"bench/novelty.py: {DATA / 'seed_tasks.jsonl'} not found: set SELF_INSTRUCT_DATA to the "
+                 "Self-Instruct data folder (or --allow-fallback for built-in word lists, whose numbers "
+                 "are not comparable with runs on the real data)")
     print(f"seed pool: {len(seeds)} instructions; bigram corpus: {len(corpus)} sentences; threshold {a.threshold}; "
           f"reference: rouge-score + multiprocessing Pool({a.workers}) (created once); {os.cpu_count()} CPUs")
     rows, marginal = [], {}  # marginal: (N, stream) -> seconds per instruction over its second half
@@ -267,14 +275,9 @@ def main():
                 marginal[n, f"stream-{_mode(exact)}"] = (t2 - t1) / (n - n // 2)
             idx = indexes[0]  # the probes start from the pipeline mode's pool (decisions, so pools, are equal)
             pool = list(idx._texts)
-            idx_bound, idx_exact = copy.deepcopy(idx), copy.deepcopy(idx)
-            idx_bound.exact_scores, idx_exact.exact_scores = False, True
-            t0 = time.perf_counter()
-            res_p = filter_novel(idx_bound, probe)
-            t_probe = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            res_x = filter_novel(idx_exact, probe)
-            t_exact = time.perf_counter() - t0
+            (res_p, t_probe), reps_p = timed_probe(idx, probe, exact=False, repeat=a.repeat)
+            (res_x, t_exact), reps_x = timed_probe(idx, probe, exact=True, repeat=a.repeat)
+            print(f"N={n}: probe seconds per repeat {reps_p}, probe-exact {reps_x} (median used)", flush=True)
             mem = index_bytes(idx) / len(idx)
             res, t_stream = streams[0][1], streams[0][2]
             print(f"\nN={n}: stream ({_mode(PIPELINE_EXACT)} scores, the pipeline default) kept "
@@ -305,6 +308,22 @@ def main():
     line, same = verdict(rows, marginal)
     print("\n" + line)
     return 0 if same else 1
+
+
+def timed_probe(idx, probe, exact: bool, repeat: int):
+    """((results, median seconds), all seconds): filter_novel of the probe on `repeat` fresh copies
+    of the index (one probe at 50k takes ~0.1 s: a single run is at the mercy of this box's noise).
+    Every repeat must give the same results."""
+    runs = []
+    for _ in range(repeat):
+        c = copy.deepcopy(idx)
+        c.exact_scores = exact
+        t0 = time.perf_counter()
+        res = filter_novel(c, probe)
+        runs.append((res, time.perf_counter() - t0))
+    assert all(r == runs[0][0] for r, _ in runs), "repeats of one probe gave different results"
+    secs = sorted(t for _, t in runs)
+    return (runs[0][0], secs[len(secs) // 2]), [round(t, 3) for _, t in runs]
 
 
 def index_bytes(idx) -> int:
