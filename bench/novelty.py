@@ -5,19 +5,19 @@
 Per N: the 175 seed tasks form the pool; N generated instructions are streamed through filter_novel
 (threshold 0.7) in the pipeline's default mode (generate.exact_novelty_scores, exact scores:
 "stream-exact"; --stream-bound streams them a second time, on a second index, with lower-bound
-scores: "stream-bound", which doubles the stream time and more), timed in two halves: the second half's
-time per instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment merges)
-included; then, on the index with all of the stream indexed, --probe new candidates are
-filtered against the pool of that size with lower-bound scores (the cluster profile's mode,
-"probe") and with exact scores ("probe-exact"), each --repeat times on fresh copies of the index,
-the median time reported (a 50k probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
-`partial(scorer.score, candidate)` over every pool instruction (+ the ones kept before it) and drops
-it if max F > 0.7. It runs on the same candidates against the same pool state, in full when that is
-estimated under 10 minutes, else on candidates spread evenly over the batch for --ref-budget
-seconds, the total extrapolated as mean time per sampled candidate x candidates ("~", "sample").
-Both probe rows (both stream rows) are compared with the same reference run. "differing decisions"
-must be 0; "differing rows" compares (kept, score, most similar): 0 expected in exact mode, while
-lower-bound kept rows carry a lower-bound score.
+scores: "stream-bound", which doubles the stream time and more), timed in two halves: the second
+half's time per instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment merges)
+included; then, on the index with all of the stream indexed, --probe new candidates are filtered
+against the pool of that size with lower-bound scores (the cluster profile's mode, "probe") and with
+exact scores ("probe-exact"), each --repeat times on fresh copies of the index, the median time
+reported (a 50k probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop:
+per candidate a multiprocessing Pool maps `partial(scorer.score, candidate)` over every pool
+instruction (+ the ones kept before it) and drops it if max F > 0.7. It runs on the same candidates
+against the same pool state, in full when that is estimated under 10 minutes, else on candidates
+spread evenly over the batch for --ref-budget seconds, the total extrapolated as mean time per
+sampled candidate x candidates ("~", "sample"). Both probe rows (both stream rows) are compared with
+the same reference run. "differing decisions" must be 0; "differing rows" compares (kept, score,
+most similar): 0 expected in exact mode, while lower-bound kept rows carry a lower-bound score.
 
 The last line is the verdict: the speed-up at N=50000 (probe rows) against the 1000x target, the
 growth of the per-instruction cost from N=50000 to 200000 (probe rows and the streams' second
@@ -25,10 +25,10 @@ halves) against log growth (log 200000 / log 50000 = 1.128), and the differing d
 the exit status is 1 if any decision differs.
 
 Instructions: imperative openers + a word-bigram chain over the Self-Instruct data in
-../shared/data/self-instruct or $SELF_INSTRUCT_DATA (built-in word lists only with --allow-fallback), rare "entity" words from a Zipf-like
-law over a 10^6 pseudo-word lexicon (the vocabulary keeps growing with N, as in real data), ~25%
-near-paraphrases of earlier instructions (word drops/inserts/swaps/substitutions, case, punctuation)
-and ~2% exact repeats.
+../shared/data/self-instruct or $SELF_INSTRUCT_DATA (built-in word lists only with
+--allow-fallback), rare "entity" words from a Zipf-like law over a 10^6 pseudo-word lexicon (the vocabulary
+keeps growing with N, as in real data), ~25% near-paraphrases of earlier instructions (word
+drops/inserts/swaps/substitutions, case, punctuation) and ~2% exact repeats.
 """
 from __future__ import annotations
 
