@@ -20,6 +20,9 @@ class RayConfig(Section):
     address: Optional[str] = F(None, "Ray cluster address; null joins a local `ray start` cluster or starts one; "
                                      "'local' always starts a fresh one.")
     num_cpus: Optional[int] = F(None, "CPUs for a local cluster started by seedforge; null = all.")
+    data_logs: bool = F(False, "Show Ray Data's progress bars and INFO lines (each execution's plan; off a terminal, "
+                               "a progress table every few seconds) on the console; seedforge prints its own "
+                               "progress. Ray Data's log file (logs/ray-data/ray-data.log) always has them.")
 
 
 class EngineConfig(Section):

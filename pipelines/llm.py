@@ -69,7 +69,7 @@ class EnginePool:
         return ds.map_batches(
             EngineClient, batch_format="pyarrow", batch_size=self.cfg.batch_size,
             fn_constructor_kwargs={"engines": self.engines, "pass_id": uuid.uuid4().hex},
-            concurrency=len(self.engines), num_cpus=0.01)
+            compute=ray.data.ActorPoolStrategy(size=len(self.engines)), num_cpus=0.01)  # one client an engine
 
     def generate(self, rows: list[dict]) -> list[dict]:
         """Rows in, rows out (through Ray Data), in the input order of `rows`."""

@@ -17,21 +17,44 @@ from pipelines.models import resolve_model
 
 def init_ray(cfg: Config) -> None:
     """Join the cluster given (or in RAY_ADDRESS, as `ray job submit` sets it); else join a local
-    cluster started with `ray start`, or start one ("local" always starts a fresh one)."""
+    cluster started with `ray start`, or start one ("local" always starts a fresh one). A local
+    cluster gets the dashboard: it serves the State API, which Ray Train's placement-group
+    cleaner polls (without it, a warning every second of training), and users get the web UI."""
     import ray
 
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    if address and address != "local":
-        ray.init(address=address)
-        return
-    try:
-        ray.init(address=address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
-    except ValueError as e:  # a `ray start` cluster runs here: join it with its own resources
-        if "existing cluster" not in str(e):
-            raise
-        ray.init()
+    if not ray.is_initialized():
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+        if address and address != "local":
+            ray.init(address=address)
+        else:
+            try:
+                ray.init(address=address, num_cpus=cfg.ray.num_cpus)
+            except ValueError as e:  # a `ray start` cluster runs here: join it with its own resources
+                if "existing cluster" not in str(e):
+                    raise
+                ray.init()
+    quiet_ray_data_console(not cfg.ray.data_logs)
+
+
+def quiet_ray_data_console(quiet: bool = True) -> None:
+    """Ray Data's console output on (quiet=False) or warnings only. Its INFO lines are each
+    execution's plan and, off a terminal (`ray job logs`, a file), a progress table every few
+    seconds; its progress bars come from the driver and from workers (Ray Train's data split), where
+    each update is forwarded as a new line. That was ~580 of the demo's 788 lines, burying
+    seedforge's own progress lines; Ray Data's log file (logs/ray-data/ray-data.log) keeps everything."""
+    import logging
+
+    import ray.data  # configures the "ray.data" logger and its handlers
+    from ray.data._internal.logging import SessionFileHandler
+    from ray.util.debug import log_once
+
+    for h in logging.getLogger("ray.data").handlers:
+        if not isinstance(h, SessionFileHandler):
+            h.setLevel(logging.WARNING if quiet else logging.INFO)
+    # datasets copy this context, so the bars are off in the workers that run them too
+    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    # Ray Data then warns once that bars are off and names its own switch; ours is ray.data_logs
+    log_once("ray_data_progress_manager_disabled")
 
 
 @dataclass

@@ -398,3 +398,18 @@ def test_worker_node_removed_mid_curate_gives_the_same_kept_rows(tmp_path):
     print(f"\nmulti-node: {r['rows']} rows, undisturbed {r['base_s']:.1f}s, worker removed at "
           f"{r['removed_at']:.1f}s while running {r['busy_at_removal']}, run with removal {r['again_s']:.1f}s, kept {len(r['again_kept'])}, "
           f"whole test {took:.0f}s")
+
+
+def test_local_cluster_started_by_seedforge_serves_the_state_api():
+    """init_ray starts a local cluster with the dashboard, whose State API Ray Train's
+    placement-group cleaner polls (without it: a warning every second of training, and no cleanup
+    of a dead controller's placement group)."""
+    code = ("import ray; from pipelines.config import load_config; from pipelines.stages import init_ray\n"
+            "init_ray(load_config('configs/demo.yaml', ['ray.address=local', 'ray.num_cpus=1']))\n"
+            "from ray.util.state import list_nodes\n"
+            "url = ray._private.worker._global_node.address_info['webui_url']\n"
+            "print('alive nodes', sum(n.state == 'ALIVE' for n in list_nodes(address=f'http://{url}')))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_clean_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "alive nodes 1" in r.stdout, r.stdout + r.stderr[-2000:]
