@@ -14,17 +14,19 @@ t-th shared element sits at position <= |A|-alpha+t-1 in A and <= |B|-alpha+t-1 
 - pair index (records <= _LMAX tokens, bound = threshold): every pair of elements inside a record's
   longest possible extended prefix, key (hash(e1, e2), lb, position of e2). A qualifying pair
   shares its first two shared elements as such a pair: one range per query pair, a few postings.
-Hits are verified with a compiled bit-parallel LCS (pipelines/novelty_jit.py). Bounds keep a
-1e-9 slack (float F vs 2L/(la+lb)).
+Both searches are compiled loops (pipelines/novelty_jit.py). Their hits are verified in one
+compiled pass (pipelines/lcs_jit.py: a bit-parallel LCS, skipped where a record's 64-bit token
+signature bounds its F below the query's best so far). Bounds keep a 1e-9 slack (float F vs
+2L/(la+lb)).
 Scores: dropped rows always get the exact max (all F > threshold are found). Kept rows get the exact
 max with exact_scores=True (search at the threshold, then at the best found, stepping down only when
 nothing was found: cost grows with the pool) and by default the best over the pool instructions that
 share two rare-prefix words at the threshold bound: a lower bound that depends only on the two texts
 and the first _FREEZE pool instructions (the element order is frozen from their frequencies; scores
 before that are exact), so results do not depend on batching. best() is always exact.
-Storage: numpy arrays (elements, token codes, postings) plus the text per record, in static
-segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the two
-segments' sorted postings, nothing is rebuilt).
+Storage: numpy arrays (elements, token codes, signatures, postings) plus the text per record, in
+static segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the
+two segments' sorted postings, nothing is rebuilt).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ import zlib
 import numpy as np
 from rapidfuzz.distance import LCSseq
 
-from pipelines.novelty_jit import lcs_pairs, pair_search
+from pipelines.lcs_jit import best_of, lcs_pairs, signatures
+from pipelines.novelty_jit import element_search, pair_search
 from pipelines.rouge import fmeasure_vec, rouge_l, tokenize
 
 __all__ = ["NoveltyIndex", "filter_novel", "rouge_l"]
@@ -185,40 +188,32 @@ class _Segment:
         lbhi = _lbhi(sg, lam, ri, k1, self.maxlen)
         jmax = np.minimum(lbhi - _alpha(sg, lam, lbhi, k1), 255)  # lb - alpha'(lb) grows with lb
         ok = np.flatnonzero((lbhi >= lbmin) & (jmax >= 0))
-        rep = jmax[ok] + 1
-        R = np.repeat(ok, rep)  # one key range per (row, position j in the record)
-        j = np.arange(len(R)) - _starts(rep)
-        sR, lR = sg[R], lam[R]
-        est = np.maximum(np.maximum(lbmin[R], j + 1), np.floor((j - k1 + sR * lR / 2) / (1 - sR / 2)) - 1)
-        lblo = _fix(est.astype(np.int64), lambda x: _alpha(sR, lR, x, k1) <= x - j, up=True)
-        lblo, lbh = np.minimum(lblo, 65535), np.minimum(lbhi[R], 65535)
-        keep = lblo <= lbh
-        R, base = R[keep], (re_[R[keep]] << 24) | (j[keep] << 16)
-        idx, rng = _ranges(self.key, base | lblo[keep], base | lbh[keep])
-        pk, hits = np.unique(rq[R[rng]] * (1 << 32) + self.rid[idx], return_counts=True)
-        q, r = pk >> 32, pk & 0xFFFFFFFF
-        ok = hits >= np.minimum(_alpha(sig[q], la[q], L[r]), k1 + 1)
-        return q[ok], r[ok]
-
-    def search_pairs(self, pn: "_PairNeedles", L):
-        """(query, record) candidates among records <= _LMAX tokens: a shared pair signature whose
-        later element is inside both prefixes extended by one position."""
-        hi = np.minimum(pn.lbhi, min(self.maxlen, _LMAX))[pn.o]  # lbhi is monotone in the cap
-        hi = (pn.h[pn.o] << 24) | (hi << 8) | 255  # below lo (an empty range) where hi < lbmin
-        pk = np.unique(pair_search(self.pkey, self.prid, pn.lo_sorted, hi, pn.o, pn.rq, pn.i2, pn.lam, pn.sg, L))
+        assert not len(ok) or (np.diff(rq[ok]) >= 0).all(), "rows must be grouped by query"
+        pk = element_search(self.key, self.rid, rq[ok], re_[ok], sg[ok], lam[ok], lbmin[ok], lbhi[ok],
+                            jmax[ok], k1, sig, la, L)
         return pk >> 32, pk & 0xFFFFFFFF
 
-    def candidates(self, rows, prow, la, sig, L, k1):
-        """Element index (prow None) or the pair index plus the element index for long records."""
-        if prow is None:
-            return self.search(rows, la, sig, k1, L)
-        q, r = self.search_pairs(prow, L)
+    def search_pairs(self, pn: "_PairNeedles"):
+        """query << 32 | record per posting (repeats included) among records <= _LMAX tokens: a
+        shared pair signature whose later element is inside both prefixes extended by one position."""
+        hi = np.minimum(pn.lbhi, min(self.maxlen, _LMAX))[pn.o]  # lbhi is monotone in the cap
+        hi = (pn.h[pn.o] << 24) | (hi << 8) | 255  # below lo (an empty range) where hi < lbmin
+        return pair_search(self.pkey, self.prid, pn.lo_sorted, hi, pn.o, pn.rq, pn.i2, pn.lam, pn.sg)
+
+    def candidates_raw(self, rows, prow, la, sig, L):
+        """search_pairs, plus the element index for records over _LMAX tokens (bound mode)."""
+        pk = self.search_pairs(prow)
         if self.maxlen > _LMAX:
             q2, r2 = self.search(rows, la, sig, 1, L, lbfloor=_LMAX + 1)
-            q, r = np.r_[q, q2], np.r_[r, r2]
-            o = np.lexsort((r, q))
-            q, r = q[o], r[o]
-        return q, r
+            pk = np.r_[pk, (q2 << 32) | r2]
+        return pk
+
+    def candidates(self, rows, prow, la, sig, L, k1):
+        """Sorted unique (query, record): the element index (prow None) or candidates_raw."""
+        if prow is None:
+            return self.search(rows, la, sig, k1, L)
+        pk = np.unique(self.candidates_raw(rows, prow, la, sig, L))
+        return pk >> 32, pk & 0xFFFFFFFF
 
 
 def _merge(ka, kb, va, vb):
@@ -227,10 +222,10 @@ def _merge(ka, kb, va, vb):
     return key[o], np.concatenate([va, vb])[o]
 
 
-def _verify(q, r, Q: "_Queries", P: "_Queries", vocab: int):
+def _verify(q, r, Q: "_Queries", P: "_Queries"):
     """ROUGE-L F of (query, record) pairs sorted by query: compiled bit-parallel LCS; queries of
     more than 64 tokens through rapidfuzz, pair by pair (rare for instructions)."""
-    lcs = lcs_pairs(q, r, Q.codes, Q.off, P.codes, P.off, max(vocab, 1))
+    lcs = lcs_pairs(q, r, Q.codes, Q.off, P.codes, P.off)
     for k in np.flatnonzero(lcs < 0).tolist():
         a, b = Q.off[q[k]], P.off[r[k]]
         rec = P.codes[b:b + P.la[r[k]]]
@@ -280,6 +275,7 @@ class NoveltyIndex:
         self._h = _Grow(np.int64)       # content hash per element
         self._texts: list[str] = []
         self._codes = _Grow(np.int32)   # token codes of the records, flat (offsets: self._off)
+        self._sig = _Grow(np.uint64)    # per record its codes' 64-bit signature (an LCS bound)
         self._els, self._off, self._len = _Grow(np.int32), _Grow(np.int64), _Grow(np.int64)
         self._off.extend([0])
         self._segs: list[_Segment] = []
@@ -312,7 +308,9 @@ class NoveltyIndex:
 
     def _append(self, texts, q: _Queries, keep) -> None:
         self._texts += texts
-        self._codes.extend(q.codes[np.repeat(keep, q.la)])
+        codes = q.codes[np.repeat(keep, q.la)]
+        self._codes.extend(codes)
+        self._sig.extend(signatures(codes, np.r_[0, np.cumsum(q.la[keep])]))
         self._els.extend(q.els[keep[q.qid]])
         self._len.extend(q.la[keep])
         self._off.extend(self._off.a[self._off.n - 1] + np.cumsum(q.la[keep]))
@@ -358,12 +356,8 @@ class NoveltyIndex:
         if not exact:  # frozen: one order, one search at the threshold
             (rows, start), = rows.values() or [self._order.positions(q.els, q.qid, nq)]
             prow, sig = self._pair_rows(q, rows, start), np.full(nq, self._psig())
-            found = [s.candidates(rows, prow, q.la, sig, L, 1) for s in self._segs]
-            qq = np.concatenate([np.zeros(0, np.int64)] + [f[0] for f in found])
-            rr = np.concatenate([np.zeros(0, np.int64)] + [f[1] for f in found])
-            o = np.lexsort((rr, qq))  # all segments' candidates verified in one pass
-            qq, rr = qq[o], rr[o]
-            _update(best, arg, qq, rr, _verify(qq, rr, q, pool, len(self._ids)))
+            self._best_of(np.concatenate([np.zeros(0, np.int64)] + [s.candidates_raw(rows, prow, q.la, sig, L)
+                                                                     for s in self._segs]), q, pool, best, arg)
             return best, arg
         bound, active, k1 = np.full(nq, self._bound), (q.la > 0) & (n > 0), 0
         while active.any():  # k1 = 0 first: every prefix pair verified, a high lower bound early
@@ -372,11 +366,18 @@ class NoveltyIndex:
                 (rq, ri, re_), _ = rows[id(s.order)]
                 m = active[rq]
                 qq, rr = s.search((rq[m], ri[m], re_[m]), q.la, sig, k1, L)
-                _update(best, arg, qq, rr, _verify(qq, rr, q, pool, len(self._ids)))
+                self._best_of((qq << 32) | rr, q, pool, best, arg)
             done = (best >= bound) | (bound <= 0)
             step = np.array([next((x for x in _LADDER if x < b), 0.0) for b in bound])
             bound, active, k1 = np.where(done, bound, np.where(best > 0, best, step)), active & ~done, 1
         return best, arg
+
+    def _best_of(self, pk, q: _Queries, pool: _Queries, best, arg) -> None:
+        """Fold candidates pk (query << 32 | record) into best/arg: one compiled pass (best_of),
+        rapidfuzz for queries of more than 64 tokens."""
+        rest = best_of(pk, len(q.la), q.codes, q.off, pool.codes, pool.off, self._sig.view(), best, arg)
+        qq, rr = rest >> 32, rest & 0xFFFFFFFF
+        _update(best, arg, qq, rr, _verify(qq, rr, q, pool))
 
     def add(self, text: str) -> None:
         """Add to the pool unconditionally (seeds, committed rounds)."""
@@ -416,7 +417,7 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
         (rows, start), sig = index._order.positions(q.els, q.qid, nc), np.maximum(best - _EPS, 0.0)
         prow = None if exact else index._pair_rows(q, rows, start)
         pq, pr = seg.candidates(rows, prow, q.la, sig if exact else np.full(nc, index._psig()), q.la, 1)
-        pf = _verify(pq, pr, q, q, len(index._ids))
+        pf = _verify(pq, pr, q, q)
         m = (pr < pq) & (pf > best[pq])
         pq, pr, pf = pq[m], pr[m], pf[m]  # sorted by (pq, pr)
         cut = np.searchsorted(pq, np.arange(nc + 1))

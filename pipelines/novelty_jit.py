@@ -1,32 +1,22 @@
-"""Compiled (numba) inner loops of the novelty index: the pair-index search and the LCS of
-candidate pairs (tests/test_novelty.py checks them against rapidfuzz and brute force).
+"""Compiled (numba) index searches of the novelty index (pipelines/novelty.py): the pair index
+(pair_search) and the element index (element_search). The verification of their candidates is in
+pipelines/lcs_jit.py; tests/test_novelty.py checks both against rouge-score by brute force.
 
-Why: past ~100k pool instructions the candidates per query grow with the pool (texts sharing two
-rare words in their prefixes). The numpy version of the search made several passes over every
-posting (repeat, gather, mask) and the verification one rapidfuzz call per query; here one loop
-walks the postings and one bit-parallel LCS (Hyyro 2004: 64 tokens in one machine word, the
-query's token-match masks in a scratch table indexed by token code) runs per pair. At a 200k
-pool this took the pair search from 37 to 19 us and verification from 19 to 9 us per instruction.
+Why compiled: the numpy versions made several passes over every posting (repeat, gather, mask,
+np.unique to count hits); here one loop walks the postings. The pair search gallops over sorted
+needles (a few cache lines per range start, not a fresh binary search). The element search counts
+a query's hits per record in a dense array instead of sorting them: it serves exact scores, whose
+searches below the threshold read long postings of common words (200k probe-exact 2240 -> ~900 us
+per instruction, /tmp-free numbers are in bench/novelty.py's output).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-_M1, _M2, _M4 = np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
-_H01 = np.uint64(0x0101010101010101)
-
-
-@njit(cache=True, inline="always")
-def _popcount(x):
-    x = x - ((x >> np.uint64(1)) & _M1)
-    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
-    x = (x + (x >> np.uint64(4))) & _M4
-    return (x * _H01) >> np.uint64(56)
-
 
 @njit(cache=True)
-def pair_search(key, rid, lo, hi, row, rq, i2, lam, s, L):
+def pair_search(key, rid, lo, hi, row, rq, i2, lam, s):
     """Postings with lo[t] <= key <= hi[t], lo sorted, that pass the positional check of
     _Segment.search_pairs at bound s (alpha' = alpha - 1 for the pair's later element, position key & 255);
     returns query << 32 | record per passing posting. Each range start is found by galloping from
@@ -50,45 +40,67 @@ def pair_search(key, rid, lo, hi, row, rq, i2, lam, s, L):
         q, la, i = rq[w], lam[w], i2[w]
         p = a
         while p < nk and key[p] <= hi[t]:
-            r = np.int64(rid[p])
-            lb = L[r]
-            al = max(1, np.int64(np.ceil(s * (la + lb) / 2)) - 1)  # _alpha(s, la, lb, 1)
+            lb = (key[p] >> 8) & 0xFFFF  # the record's length is in its key: no random read
+            al = _alpha(s, la, lb, 1)
             if (key[p] & 255) <= lb - al and i <= la - al:
                 if n == len(out):
                     out = np.concatenate((out, np.empty(n, np.int64)))
-                out[n] = (q << 32) | r
+                out[n] = (q << 32) | np.int64(rid[p])
                 n += 1
             p += 1
     return out[:n]
 
 
+@njit(cache=True, inline="always")
+def _alpha(s, la, lb, k1):
+    """novelty._alpha for one pair: least LCS giving F >= s, less the prefix extension k1."""
+    return max(1, np.int64(np.ceil(s * (la + lb) / 2)) - k1)
+
+
 @njit(cache=True)
-def lcs_pairs(q, r, qcodes, qoff, pcodes, poff, vocab):
-    """LCS of (query q[k], record r[k]) token-code sequences, q sorted; -1 where the query has more
-    than 64 tokens (the caller falls back). Codes < 0 (tokens the pool does not have) match nothing."""
-    pm = np.zeros(vocab, np.uint64)
-    out = np.empty(len(q), np.int64)
-    cur = -1
-    for k in range(len(q)):
-        if q[k] != cur:
-            if cur >= 0:
-                for j in range(qoff[cur], qoff[cur + 1]):
-                    if qcodes[j] >= 0:
-                        pm[qcodes[j]] = 0
-            cur = q[k]
-            for j in range(qoff[cur], min(qoff[cur + 1], qoff[cur] + 64)):
-                if qcodes[j] >= 0:
-                    pm[qcodes[j]] |= np.uint64(1) << np.uint64(j - qoff[cur])
-        m = qoff[cur + 1] - qoff[cur]
-        if m > 64:
-            out[k] = -1
-            continue
-        v = ~np.uint64(0)
-        for j in range(poff[r[k]], poff[r[k] + 1]):
-            if pcodes[j] < 0:
-                continue
-            u = v & pm[pcodes[j]]
-            v = (v + u) | (v - u)
-        mask = ~np.uint64(0) if m == 64 else (np.uint64(1) << np.uint64(m)) - np.uint64(1)
-        out[k] = m - np.int64(_popcount(v & mask))
-    return out
+def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq, L):
+    """_Segment.search's range lookups and hit counting, compiled: per row (query rq, element re_,
+    rows grouped by query) and record position j <= jmax, the key range of partner lengths lblo..lbhi;
+    records hit >= min(alpha, k1 + 1) times are returned as query << 32 | record, sorted. The same
+    float operations as the numpy bounds, so the ranges are the same."""
+    out, touched = np.empty(256, np.int64), np.empty(256, np.int64)
+    cnt = np.zeros(len(L), np.int32)  # hits per record of the current query (no sort of the hits)
+    n, t, nr = 0, 0, len(rq)
+    while t < nr:
+        q, nt = rq[t], 0
+        while t < nr and rq[t] == q:
+            s, la = sg[t], lam[t]
+            for j in range(jmax[t] + 1):
+                x = np.int64(max(max(lbmin[t], j + 1), np.floor((j - k1 + s * la / 2) / (1 - s / 2)) - 1))
+                for _ in range(4):  # novelty._fix, up
+                    if not _alpha(s, la, x, k1) <= x - j:
+                        x += 1
+                lo, hi = min(x, 65535), min(lbhi[t], 65535)
+                if lo > hi:
+                    continue
+                base = (re_[t] << 24) | (np.int64(j) << 16)
+                a = np.searchsorted(key, base | lo, "left")
+                b = np.searchsorted(key, base | hi, "right")
+                for p in range(a, b):
+                    r = rid[p]
+                    if cnt[r] == 0:
+                        if nt == len(touched):
+                            touched = np.concatenate((touched, np.empty(nt, np.int64)))
+                        touched[nt] = r
+                        nt += 1
+                    cnt[r] += 1
+            t += 1
+        m = 0
+        for k in range(nt):  # keep the records hit often enough, reset the counts
+            r = touched[k]
+            if cnt[r] >= min(_alpha(sigq[q], laq[q], L[r], 0), k1 + 1):
+                touched[m] = r
+                m += 1
+            cnt[r] = 0
+        keep = np.sort(touched[:m])
+        if n + m > len(out):
+            out = np.concatenate((out, np.empty(n + m, np.int64)))
+        for k in range(m):
+            out[n + k] = (q << 32) | keep[k]
+        n += m
+    return out[:n]

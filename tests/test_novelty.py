@@ -283,11 +283,46 @@ def test_compiled_lcs_equals_rapidfuzz():
     P = _Queries(None, None, np.array([len(s) for s in ps]), flat(ps))
     q = np.repeat(np.arange(len(qs)), len(ps))
     r = np.tile(np.arange(len(ps)), len(qs))
-    f = _verify(q, r, Q, P, vocab=12)
+    f = _verify(q, r, Q, P)
     lcs = np.array([LCSseq.similarity([c if c >= 0 else -2 for c in qs[a]], [c if c >= 0 else -3 for c in ps[b]])
                     for a, b in zip(q.tolist(), r.tolist())])
     assert f.tolist() == fmeasure_vec(lcs, Q.la[q], P.la[r]).tolist()
     assert (lcs > 0).sum() > 100 and (lcs[Q.la[q] > 64] > 0).sum() > 20  # the data has real common subsequences
+    # sparse codes up to 2**31 - 1 (the match-mask table is sized by the query's largest code;
+    # record codes past it match nothing)
+    big = {c: rng.randrange(2 ** 31 - 1) for c in range(12)} | {-1: -1}
+    Q2, P2 = (_Queries(None, None, X.la, np.array([big[c] for c in X.codes.tolist()], np.int32)) for X in (Q, P))
+    assert _verify(q, r, Q2, P2).tolist() == f.tolist()
+
+
+def test_best_of_equals_verifying_every_candidate():
+    """best_of (one compiled pass, candidates skipped by their signature bound) gives the best F and
+    lowest most similar record that verifying every candidate gives; repeats and any order of the
+    candidates; queries past 64 tokens come back for the fallback."""
+    import numpy as np
+
+    from pipelines.lcs_jit import best_of, signatures
+    from pipelines.novelty import _Queries, _update, _verify
+    rng = np.random.default_rng(3)
+    def texts(n, vocab):  # short code sequences over a small vocabulary: many shared tokens
+        lens = rng.choice([0, 1, 3, 8, 15, 30, 64, 65, 90], n, p=[.02, .05, .1, .3, .3, .15, .03, .03, .02])
+        return _Queries(None, None, lens, rng.integers(-1, vocab, lens.sum()).astype(np.int32))
+    for vocab in (6, 40, 300):  # dense to sparse signatures: the bound skips few to most candidates
+        Q, P = texts(300, vocab), texts(2000, vocab)
+        pk = rng.integers(0, 300, 30000) << 32 | rng.integers(0, 2000, 30000)
+        pk = np.r_[pk, pk[:5000]]  # repeats
+        rng.shuffle(pk)
+        best, arg = np.zeros(300), np.full(300, -1)
+        rest = best_of(pk, 300, Q.codes, Q.off, P.codes, P.off, signatures(P.codes, P.off), best, arg)
+        assert set(rest.tolist()) == {x for x in pk.tolist() if Q.la[x >> 32] > 64}
+        u = np.unique(pk)
+        q, r = u >> 32, u & 0xFFFFFFFF
+        f = _verify(q, r, Q, P)
+        b2, a2 = np.zeros(300), np.full(300, -1)
+        short = Q.la[q] <= 64
+        _update(b2, a2, q[short], r[short], f[short])
+        assert best.tolist() == b2.tolist() and arg.tolist() == a2.tolist()
+        assert (best > 0).sum() > 200
 
 
 def test_merged_segments_equal_a_rebuild(monkeypatch):
