@@ -2,11 +2,11 @@
 token codes (Hyyro 2004: a query of <= 64 tokens in one machine word; its token-match masks in a
 table indexed by token code). Queries of more than 64 tokens are left to the caller (rapidfuzz).
 
-best_of folds a batch's candidates into each query's best score in one pass: no sort of all
-candidates, no per-candidate numpy passes. It skips a candidate without reading its tokens when a
-64-bit signature of the record (one hash bit per token code: a Bloom filter) bounds its LCS below
-what could beat the query's best so far. The bound is sound (every shared token's bit is set in
-both), and F grows with the LCS, so the result is exactly that of verifying every candidate.
+best_of folds a batch's candidates into each query's best score in one pass: a counting sort by
+query and a dedupe per query instead of np.unique, lexsort and three numpy passes over all
+candidates (bound-mode probe at a 200k pool: ~18 us per instruction for those, ~7.5 for best_of).
+A 64-bit token signature per record that skipped candidates which could not beat the best so far
+was tried and left out: it saved 3% in the bound mode and 4% with exact scores.
 """
 from __future__ import annotations
 
@@ -23,12 +23,6 @@ def _popcount(x):
     x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
     x = (x + (x >> np.uint64(4))) & _M4
     return np.int64((x * _H01) >> np.uint64(56))
-
-
-@njit(cache=True, inline="always")
-def _bit(c):
-    """The signature bit of token code c (the top 6 bits of a multiplicative hash)."""
-    return (np.uint64(c) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(58)
 
 
 @njit(cache=True, inline="always")
@@ -58,17 +52,6 @@ def _lcs(pm, m, pcodes, b, e):
             v = (v + u) | (v - u)
     mask = _ALL if m == 64 else (_ONE << np.uint64(m)) - _ONE
     return m - _popcount(v & mask)
-
-
-@njit(cache=True)
-def signatures(codes, off):
-    """Per record (codes[off[k]:off[k+1]]) the OR of its token codes' bits."""
-    out = np.zeros(len(off) - 1, np.uint64)
-    for k in range(len(off) - 1):
-        for j in range(off[k], off[k + 1]):
-            if codes[j] >= 0:
-                out[k] |= _ONE << _bit(codes[j])
-    return out
 
 
 @njit(cache=True)
@@ -108,13 +91,12 @@ def _by_query(pk, nq):
 
 
 @njit(cache=True)
-def best_of(pk, nq, qcodes, qoff, pcodes, poff, psig, best, arg):
+def best_of(pk, nq, qcodes, qoff, pcodes, poff, best, arg):
     """Fold candidates pk = query << 32 | record (any order, repeats allowed) into best/arg: per
     query the highest F, then the lowest record, where it beats them. Returns the candidates whose
     query has more than 64 tokens, for the caller's fallback."""
     rs, cnt = _by_query(pk, nq)
     pm = np.zeros(max(qcodes.max(), 0) + 1 if len(qcodes) else 1, np.uint64)
-    qcnt, multi = np.zeros(64, np.int64), np.empty(64, np.int64)
     rest = np.empty(0, np.int64)
     for i in range(nq):
         if cnt[i + 1] == cnt[i]:
@@ -125,34 +107,14 @@ def best_of(pk, nq, qcodes, qoff, pcodes, poff, psig, best, arg):
             rest = np.concatenate((rest, (np.int64(i) << 32) | mine))
             continue
         _masks(pm, qcodes, a, m, True)
-        qcnt[:] = 0  # query tokens per signature bit; bits of repeated ones listed in multi
-        qmask, nmulti = np.uint64(0), 0
-        for j in range(a, a + m):
-            if qcodes[j] >= 0:
-                b = _bit(qcodes[j])
-                qcnt[b] += 1
-                qmask |= _ONE << b
-                if qcnt[b] == 2:
-                    multi[nmulti] = b
-                    nmulti += 1
         prev = -1
         for r in mine:
             if r == prev:
                 continue
             prev = r
-            lb, x = poff[r + 1] - poff[r], psig[r] & qmask
-            ub = _popcount(x)  # query tokens whose bit the record has: >= the LCS
-            for t in range(nmulti):
-                ub += (qcnt[multi[t]] - 1) * np.int64((x >> np.uint64(multi[t])) & _ONE)
-            ub = min(ub, lb)
-            if ub <= 0:
-                continue
-            fu = _f(ub, lb, m)
-            if fu < best[i] or (fu == best[i] and r > arg[i]):
-                continue
             lcs = _lcs(pm, m, pcodes, poff[r], poff[r + 1])
             if lcs > 0:
-                f = _f(lcs, lb, m)
+                f = _f(lcs, poff[r + 1] - poff[r], m)
                 if f > best[i] or (f == best[i] and r < arg[i]):
                     best[i], arg[i] = f, r
         _masks(pm, qcodes, a, m, False)

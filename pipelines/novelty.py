@@ -14,9 +14,8 @@ t-th shared element sits at position <= |A|-alpha+t-1 in A and <= |B|-alpha+t-1 
 - pair index (records <= _LMAX tokens, bound = threshold): every pair of elements inside a record's
   longest possible extended prefix, key (hash(e1, e2), lb, position of e2). A qualifying pair
   shares its first two shared elements as such a pair: one range per query pair, a few postings.
-Both searches are compiled loops (pipelines/novelty_jit.py). Their hits are verified in one
-compiled pass (pipelines/lcs_jit.py: a bit-parallel LCS, skipped where a record's 64-bit token
-signature bounds its F below the query's best so far). Bounds keep a 1e-9 slack (float F vs
+Both searches are compiled loops (pipelines/novelty_jit.py); their hits are verified in one
+compiled pass (pipelines/lcs_jit.py: a bit-parallel LCS). Bounds keep a 1e-9 slack (float F vs
 2L/(la+lb)).
 Scores: dropped rows always get the exact max (all F > threshold are found). Kept rows get the exact
 max with exact_scores=True (search at the threshold, then at the best found, stepping down only when
@@ -24,9 +23,9 @@ nothing was found: cost grows with the pool) and by default the best over the po
 share two rare-prefix words at the threshold bound: a lower bound that depends only on the two texts
 and the first _FREEZE pool instructions (the element order is frozen from their frequencies; scores
 before that are exact), so results do not depend on batching. best() is always exact.
-Storage: numpy arrays (elements, token codes, signatures, postings) plus the text per record, in
-static segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the
-two segments' sorted postings, nothing is rebuilt).
+Storage: numpy arrays (elements, token codes, postings) plus the text per record, in static
+segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the two
+segments' sorted postings, nothing is rebuilt).
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ import zlib
 import numpy as np
 from rapidfuzz.distance import LCSseq
 
-from pipelines.lcs_jit import best_of, lcs_pairs, signatures
+from pipelines.lcs_jit import best_of, lcs_pairs
 from pipelines.novelty_jit import element_search, pair_search
 from pipelines.rouge import fmeasure_vec, rouge_l, tokenize
 
@@ -275,7 +274,6 @@ class NoveltyIndex:
         self._h = _Grow(np.int64)       # content hash per element
         self._texts: list[str] = []
         self._codes = _Grow(np.int32)   # token codes of the records, flat (offsets: self._off)
-        self._sig = _Grow(np.uint64)    # per record its codes' 64-bit signature (an LCS bound)
         self._els, self._off, self._len = _Grow(np.int32), _Grow(np.int64), _Grow(np.int64)
         self._off.extend([0])
         self._segs: list[_Segment] = []
@@ -308,9 +306,7 @@ class NoveltyIndex:
 
     def _append(self, texts, q: _Queries, keep) -> None:
         self._texts += texts
-        codes = q.codes[np.repeat(keep, q.la)]
-        self._codes.extend(codes)
-        self._sig.extend(signatures(codes, np.r_[0, np.cumsum(q.la[keep])]))
+        self._codes.extend(q.codes[np.repeat(keep, q.la)])
         self._els.extend(q.els[keep[q.qid]])
         self._len.extend(q.la[keep])
         self._off.extend(self._off.a[self._off.n - 1] + np.cumsum(q.la[keep]))
@@ -375,7 +371,7 @@ class NoveltyIndex:
     def _best_of(self, pk, q: _Queries, pool: _Queries, best, arg) -> None:
         """Fold candidates pk (query << 32 | record) into best/arg: one compiled pass (best_of),
         rapidfuzz for queries of more than 64 tokens."""
-        rest = best_of(pk, len(q.la), q.codes, q.off, pool.codes, pool.off, self._sig.view(), best, arg)
+        rest = best_of(pk, len(q.la), q.codes, q.off, pool.codes, pool.off, best, arg)
         qq, rr = rest >> 32, rest & 0xFFFFFFFF
         _update(best, arg, qq, rr, _verify(qq, rr, q, pool))
 

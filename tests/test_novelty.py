@@ -296,24 +296,24 @@ def test_compiled_lcs_equals_rapidfuzz():
 
 
 def test_best_of_equals_verifying_every_candidate():
-    """best_of (one compiled pass, candidates skipped by their signature bound) gives the best F and
-    lowest most similar record that verifying every candidate gives; repeats and any order of the
-    candidates; queries past 64 tokens come back for the fallback."""
+    """best_of (one compiled pass) gives the best F and lowest most similar record that verifying
+    every distinct candidate gives; repeats and any order of the candidates; queries past 64 tokens
+    come back for the fallback."""
     import numpy as np
 
-    from pipelines.lcs_jit import best_of, signatures
+    from pipelines.lcs_jit import best_of
     from pipelines.novelty import _Queries, _update, _verify
     rng = np.random.default_rng(3)
     def texts(n, vocab):  # short code sequences over a small vocabulary: many shared tokens
         lens = rng.choice([0, 1, 3, 8, 15, 30, 64, 65, 90], n, p=[.02, .05, .1, .3, .3, .15, .03, .03, .02])
         return _Queries(None, None, lens, rng.integers(-1, vocab, lens.sum()).astype(np.int32))
-    for vocab in (6, 40, 300):  # dense to sparse signatures: the bound skips few to most candidates
+    for vocab in (6, 40, 300):  # many to few shared tokens
         Q, P = texts(300, vocab), texts(2000, vocab)
         pk = rng.integers(0, 300, 30000) << 32 | rng.integers(0, 2000, 30000)
         pk = np.r_[pk, pk[:5000]]  # repeats
         rng.shuffle(pk)
         best, arg = np.zeros(300), np.full(300, -1)
-        rest = best_of(pk, 300, Q.codes, Q.off, P.codes, P.off, signatures(P.codes, P.off), best, arg)
+        rest = best_of(pk, 300, Q.codes, Q.off, P.codes, P.off, best, arg)
         assert set(rest.tolist()) == {x for x in pk.tolist() if Q.la[x >> 32] > 64}
         u = np.unique(pk)
         q, r = u >> 32, u & 0xFFFFFFFF
