@@ -94,16 +94,6 @@ def _lbhi(sg, la, i, k1, cap):
     return _fix(est, lambda x: (_alpha(sg, la, x, k1) <= la - i) | (x < 1), up=False)
 
 
-def _ranges(key, lo, hi):
-    """(posting index, range number) of every posting in the key ranges [lo, hi]. Needles are
-    searched in sorted order (numpy then reuses the last position: ~4x fewer cache misses)."""
-    o = np.argsort(lo)
-    s, cnt = np.empty_like(lo), np.empty_like(lo)
-    s[o] = np.searchsorted(key, lo[o], "left")
-    cnt[o] = np.searchsorted(key, hi[o], "right") - s[o]
-    return np.arange(cnt.sum()) - _starts(cnt) + np.repeat(s, cnt), np.repeat(np.arange(len(lo)), cnt)
-
-
 def _pairs(els, start, npos, selfp):
     """Pair signatures (owner, position of the later element, hash) over each owner's first npos
     sorted elements, plus (e, e) ones for owners with selfp (alpha can be 1: one shared token)."""

@@ -7,7 +7,7 @@ np.unique to count hits); here one loop walks the postings. The pair search gall
 needles (a few cache lines per range start, not a fresh binary search). The element search counts
 a query's hits per record in a dense array instead of sorting them: it serves exact scores, whose
 searches below the threshold read long postings of common words (bench/novelty.py, 200k
-probe-exact: 2220 -> 839 us per instruction, with best_of).
+probe-exact: 2220 -> ~850 us per instruction, with best_of).
 """
 from __future__ import annotations
 
