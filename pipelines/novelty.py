@@ -149,6 +149,7 @@ class _Segment:
         o = np.argsort(key, kind="stable")
         self.key, self.rid = key[o], (rid[o] + lo).astype(np.int32)
         self.maxlen = int(lens.max()) if len(lens) else 0
+        self.cnt = np.zeros(len(lens), np.int32)  # element_search's hit counts, kept at zero
         if psig is not None:
             npos = np.where(lens <= _LMAX, _npos(psig, lens), 0)
             own, i2, h = _pairs(els, start, npos, (lens <= _LMAX) & (psig * (lens + 1) <= 2))
@@ -164,6 +165,7 @@ class _Segment:
         s = cls.__new__(cls)
         s.lo, s.hi, s.order, s.maxlen = a.lo, b.hi, a.order, max(a.maxlen, b.maxlen)
         s.key, s.rid = _merge(a.key, b.key, a.rid, b.rid)
+        s.cnt = np.zeros(s.hi - s.lo, np.int32)
         if hasattr(a, "pkey"):
             s.pkey, s.prid = _merge(a.pkey, b.pkey, a.prid, b.prid)
         return s
@@ -179,7 +181,7 @@ class _Segment:
         ok = np.flatnonzero((lbhi >= lbmin) & (jmax >= 0))
         assert not len(ok) or (np.diff(rq[ok]) >= 0).all(), "rows must be grouped by query"
         pk = element_search(self.key, self.rid, rq[ok], re_[ok], sg[ok], lam[ok], lbmin[ok], lbhi[ok],
-                            jmax[ok], k1, sig, la, L)
+                            jmax[ok], k1, sig, la, L, self.cnt, self.lo)
         return pk >> 32, pk & 0xFFFFFFFF
 
     def search_pairs(self, pn: "_PairNeedles"):

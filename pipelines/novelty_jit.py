@@ -58,13 +58,13 @@ def _alpha(s, la, lb, k1):
 
 
 @njit(cache=True)
-def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq, L):
+def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq, L, cnt, r0):
     """_Segment.search's range lookups and hit counting, compiled: per row (query rq, element re_,
     rows grouped by query) and record position j <= jmax, the key range of partner lengths lblo..lbhi;
     records hit >= min(alpha, k1 + 1) times are returned as query << 32 | record, sorted. The same
-    float operations as the numpy bounds, so the ranges are the same."""
+    float operations as the numpy bounds, so the ranges are the same. cnt[r - r0] counts a query's
+    hits per record (the segment's records r0..): zeros on entry, zeros again on return."""
     out, touched = np.empty(256, np.int64), np.empty(256, np.int64)
-    cnt = np.zeros(len(L), np.int32)  # hits per record of the current query (no sort of the hits)
     n, t, nr = 0, 0, len(rq)
     while t < nr:
         q, nt = rq[t], 0
@@ -83,20 +83,20 @@ def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq,
                 b = np.searchsorted(key, base | hi, "right")
                 for p in range(a, b):
                     r = rid[p]
-                    if cnt[r] == 0:
+                    if cnt[r - r0] == 0:
                         if nt == len(touched):
                             touched = np.concatenate((touched, np.empty(nt, np.int64)))
                         touched[nt] = r
                         nt += 1
-                    cnt[r] += 1
+                    cnt[r - r0] += 1
             t += 1
         m = 0
         for k in range(nt):  # keep the records hit often enough, reset the counts
             r = touched[k]
-            if cnt[r] >= min(_alpha(sigq[q], laq[q], L[r], 0), k1 + 1):
+            if cnt[r - r0] >= min(_alpha(sigq[q], laq[q], L[r], 0), k1 + 1):
                 touched[m] = r
                 m += 1
-            cnt[r] = 0
+            cnt[r - r0] = 0
         keep = np.sort(touched[:m])
         if n + m > len(out):
             out = np.concatenate((out, np.empty(n + m, np.int64)))

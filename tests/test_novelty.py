@@ -180,6 +180,7 @@ def test_filter_novel_equals_brute_force(thr, exact, monkeypatch):
         results.append(filter_novel(idx, cands))
         check_against_brute_force(results[-1], expected, cands, exact)
         assert len(idx) == len(pool) + kept
+        assert not any(s.cnt.any() for s in idx._segs)  # element_search's counts reset for the next query
     assert results[0] == results[1]
 
 
