@@ -187,9 +187,9 @@ class _Segment:
     def search_pairs(self, pn: "_PairNeedles"):
         """query << 32 | record per posting (repeats included) among records <= _LMAX tokens: a
         shared pair signature whose later element is inside both prefixes extended by one position."""
-        hi = np.minimum(pn.lbhi, min(self.maxlen, _LMAX))[pn.o]  # lbhi is monotone in the cap
-        hi = (pn.h[pn.o] << 24) | (hi << 8) | 255  # below lo (an empty range) where hi < lbmin
-        return pair_search(self.pkey, self.prid, pn.lo_sorted, hi, pn.o, pn.rq, pn.i2, pn.lam, pn.sg)
+        hi = np.minimum(pn.lbhi, min(self.maxlen, _LMAX))  # lbhi is monotone in the cap
+        hi = (pn.h << 24) | (hi << 8) | 255  # below lo (an empty range) where hi < lbmin
+        return pair_search(self.pkey, self.prid, pn.lo, hi, pn.rq, pn.i2, pn.lam, pn.sg)
 
     def candidates_raw(self, rows, prow, la, sig, L):
         """search_pairs, plus the element index for records over _LMAX tokens (bound mode)."""
@@ -237,14 +237,16 @@ def _update(best, arg, q, r, f):
 
 class _PairNeedles:
     """A chunk's query pair signatures prepared once for every segment: partner length range
-    (lbhi for the largest cap, _LMAX) and the range starts, sorted for pair_search."""
+    (lbhi for the largest cap, _LMAX), empty ranges dropped, all sorted by range start (lo), so
+    pair_search reads them in order."""
     def __init__(self, prow, la, sg):
-        self.rq, self.i2, self.h = prow
-        self.lam, self.sg = la[self.rq], float(sg)
-        self.lbmin, self.lbhi = _lbmin(sg, self.lam), _lbhi(sg, self.lam, self.i2, 1, _LMAX)
-        lo = (self.h << 24) | (self.lbmin << 8)
-        self.o = np.argsort(lo)
-        self.lo_sorted = lo[self.o]
+        rq, i2, h = prow
+        lam, self.sg = la[rq], float(sg)
+        lbmin, lbhi = _lbmin(sg, lam), _lbhi(sg, lam, i2, 1, _LMAX)
+        lo = (h << 24) | (lbmin << 8)
+        o = np.flatnonzero(lbhi >= lbmin)
+        o = o[np.argsort(lo[o])]
+        self.lo, self.h, self.lbhi, self.rq, self.i2, self.lam = lo[o], h[o], lbhi[o], rq[o], i2[o], lam[o]
 
 
 class _Queries:

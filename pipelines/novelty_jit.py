@@ -16,13 +16,14 @@ from numba import njit
 
 
 @njit(cache=True)
-def pair_search(key, rid, lo, hi, row, rq, i2, lam, s):
-    """Postings with lo[t] <= key <= hi[t], lo sorted, that pass the positional check of
-    _Segment.search_pairs at bound s (alpha' = alpha - 1 for the pair's later element, position key & 255);
-    returns query << 32 | record per passing posting. Each range start is found by galloping from
-    the previous one (sorted needles: a few cache lines, not a fresh binary search); the range is
-    then scanned to hi."""
-    out = np.empty(64, np.int64)
+def pair_search(key, rid, lo, hi, rq, i2, lam, s):
+    """Postings with lo[t] <= key <= hi[t] (look-ups sorted by lo) that pass the positional check
+    of _Segment.search_pairs at bound s (alpha' = alpha - 1 for the pair's later element, position
+    key & 255 in the record, i2[t] in the query); returns query << 32 | record per passing
+    posting. Each range start is found by galloping from the previous one (a few cache lines, not
+    a fresh binary search); the range is then scanned to hi. The look-up arrays come sorted, read
+    in order (read through a permutation they cost ~10% more at a 200k pool)."""
+    out = np.empty(max(64, 2 * len(lo)), np.int64)
     n, p0, nk = 0, 0, len(key)
     for t in range(len(lo)):
         x, step = lo[t], 1
@@ -35,19 +36,18 @@ def pair_search(key, rid, lo, hi, row, rq, i2, lam, s):
                 a = m + 1
             else:
                 b = m
-        p0 = a
-        w = row[t]
-        q, la, i = rq[w], lam[w], i2[w]
-        p = a
-        while p < nk and key[p] <= hi[t]:
-            lb = (key[p] >> 8) & 0xFFFF  # the record's length is in its key: no random read
-            al = _alpha(s, la, lb, 1)
-            if (key[p] & 255) <= lb - al and i <= la - al:
-                if n == len(out):
-                    out = np.concatenate((out, np.empty(n, np.int64)))
-                out[n] = (q << 32) | np.int64(rid[p])
-                n += 1
-            p += 1
+        p0 = p = a
+        if p < nk and key[p] <= hi[t]:
+            q, la, i = rq[t], lam[t], i2[t]
+            while p < nk and key[p] <= hi[t]:
+                lb = (key[p] >> 8) & 0xFFFF  # the record's length is in its key: no random read
+                al = _alpha(s, la, lb, 1)
+                if (key[p] & 255) <= lb - al and i <= la - al:
+                    if n == len(out):
+                        out = np.concatenate((out, np.empty(n, np.int64)))
+                    out[n] = (q << 32) | np.int64(rid[p])
+                    n += 1
+                p += 1
     return out[:n]
 
 
