@@ -13,8 +13,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pipelines.prefetch import prefetch
+
 _M1, _M2, _M4 = np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
 _H01, _ONE, _ALL = np.uint64(0x0101010101010101), np.uint64(1), ~np.uint64(0)
+_AHEAD = 8  # candidates whose record offsets are prefetched ahead of the LCS loop
 
 
 @njit(cache=True, inline="always")
@@ -107,8 +110,15 @@ def best_of(pk, nq, qcodes, qoff, pcodes, poff, best, arg):
             rest = np.concatenate((rest, (np.int64(i) << 32) | mine))
             continue
         _masks(pm, qcodes, a, m, True)
-        prev = -1
-        for r in mine:
+        prev, nm = -1, len(mine)
+        for k in range(min(_AHEAD, nm)):
+            prefetch(poff, mine[k])
+        for k in range(nm):
+            if k + _AHEAD < nm:  # the offsets _AHEAD candidates ahead, the codes half as far
+                prefetch(poff, mine[k + _AHEAD])
+            if k + _AHEAD // 2 < nm:
+                prefetch(pcodes, poff[mine[k + _AHEAD // 2]])
+            r = mine[k]
             if r == prev:
                 continue
             prev = r

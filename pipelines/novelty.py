@@ -156,6 +156,7 @@ class _Segment:
             pkey = (h << 24) | (lens[own] << 8) | i2
             o = np.argsort(pkey, kind="stable")
             self.pkey, self.prid = pkey[o], (own[o] + lo).astype(np.int32)
+            self._directory()
 
     @classmethod
     def merged(cls, a: "_Segment", b: "_Segment") -> "_Segment":
@@ -168,20 +169,25 @@ class _Segment:
         s.cnt = np.zeros(s.hi - s.lo, np.int32)
         if hasattr(a, "pkey"):
             s.pkey, s.prid = _merge(a.pkey, b.pkey, a.prid, b.prid)
+            s._directory()
         return s
 
-    def search(self, rows, la, sig, k1, L, lbfloor=1):
-        """(query, record) candidates, sorted: records of >= lbfloor tokens sharing >= min(k1+1,
-        alpha) elements with the query inside both prefixes extended by k1."""
-        rq, ri, re_ = rows
-        lam, sg = la[rq], sig[rq]
-        lbmin = np.maximum(_lbmin(sg, lam), lbfloor)
-        lbhi = _lbhi(sg, lam, ri, k1, self.maxlen)
-        jmax = np.minimum(lbhi - _alpha(sg, lam, lbhi, k1), 255)  # lb - alpha'(lb) grows with lb
-        ok = np.flatnonzero((lbhi >= lbmin) & (jmax >= 0))
-        assert not len(ok) or (np.diff(rq[ok]) >= 0).all(), "rows must be grouped by query"
-        pk = element_search(self.key, self.rid, rq[ok], re_[ok], sg[ok], lam[ok], lbmin[ok], lbhi[ok],
-                            jmax[ok], k1, sig, la, L, self.cnt, self.lo)
+    def _directory(self):
+        """Where each run of pair keys with the same top bits starts (~8 postings a run; keys are
+        hashes, so the runs are even): pair_search finds a range in one run, not by a search
+        over the whole segment. int32: 0.5-1 byte per posting."""
+        bits = max(1, int(np.ceil(np.log2(max(len(self.pkey), 2) / 8))))
+        self.pshift = 63 - bits
+        self.pdir = np.r_[0, np.cumsum(np.bincount(self.pkey >> self.pshift, minlength=2 ** bits))].astype(np.int32)
+
+    def search(self, en: "_ElemNeedles", L):
+        """(query, record) candidates, sorted: records sharing >= min(k1+1, alpha) elements with
+        the query inside both prefixes extended by k1, among the look-ups' partner lengths."""
+        lbhi = np.minimum(en.lbhi, self.maxlen)  # lbhi is monotone in the cap
+        jmax = np.minimum(lbhi - _alpha(en.sg, en.lam, lbhi, en.k1), 255)  # lb - alpha'(lb) grows with lb
+        ok = np.flatnonzero((lbhi >= en.lbmin) & (jmax >= 0))
+        pk = element_search(self.key, self.rid, en.rq[ok], en.re[ok], en.sg[ok], en.lam[ok], en.lbmin[ok],
+                            lbhi[ok], jmax[ok], en.k1, en.sig, en.la, L, self.cnt, self.lo)
         return pk >> 32, pk & 0xFFFFFFFF
 
     def search_pairs(self, pn: "_PairNeedles"):
@@ -189,21 +195,21 @@ class _Segment:
         shared pair signature whose later element is inside both prefixes extended by one position."""
         hi = np.minimum(pn.lbhi, min(self.maxlen, _LMAX))  # lbhi is monotone in the cap
         hi = (pn.h << 24) | (hi << 8) | 255  # below lo (an empty range) where hi < lbmin
-        return pair_search(self.pkey, self.prid, pn.lo, hi, pn.rq, pn.i2, pn.lam, pn.sg)
+        return pair_search(self.pkey, self.prid, self.pdir, self.pshift, pn.lo, hi, pn.rq, pn.i2, pn.lam, pn.sg)
 
-    def candidates_raw(self, rows, prow, la, sig, L):
-        """search_pairs, plus the element index for records over _LMAX tokens (bound mode)."""
+    def candidates_raw(self, prow, erow, L):
+        """search_pairs, plus the element index (erow) for records over _LMAX tokens (bound mode)."""
         pk = self.search_pairs(prow)
         if self.maxlen > _LMAX:
-            q2, r2 = self.search(rows, la, sig, 1, L, lbfloor=_LMAX + 1)
+            q2, r2 = self.search(erow, L)
             pk = np.r_[pk, (q2 << 32) | r2]
         return pk
 
-    def candidates(self, rows, prow, la, sig, L, k1):
+    def candidates(self, prow, erow, L):
         """Sorted unique (query, record): the element index (prow None) or candidates_raw."""
         if prow is None:
-            return self.search(rows, la, sig, k1, L)
-        pk = np.unique(self.candidates_raw(rows, prow, la, sig, L))
+            return self.search(erow, L)
+        pk = np.unique(self.candidates_raw(prow, erow, L))
         return pk >> 32, pk & 0xFFFFFFFF
 
 
@@ -247,6 +253,22 @@ class _PairNeedles:
         o = np.flatnonzero(lbhi >= lbmin)
         o = o[np.argsort(lo[o])]
         self.lo, self.h, self.lbhi, self.rq, self.i2, self.lam = lo[o], h[o], lbhi[o], rq[o], i2[o], lam[o]
+
+
+class _ElemNeedles:
+    """A search's element look-ups (rows of _Order.positions: query, position, element; bound sig
+    per query; prefix extension k1), prepared once for every segment: the partner lengths
+    lbmin..lbhi (lbhi uncapped: each segment caps it by its longest record), rows that reach no
+    partner length dropped (in the bound mode, which looks for records over _LMAX tokens here,
+    nearly all of them)."""
+    def __init__(self, rows, la, sig, k1, lbfloor=1):
+        rq, ri, re_ = rows
+        lam, sg = la[rq], sig[rq]
+        lbmin = np.maximum(_lbmin(sg, lam), lbfloor)
+        lbhi = _lbhi(sg, lam, ri, k1, 65535)
+        ok = np.flatnonzero(lbhi >= lbmin)
+        self.rq, self.re, self.lam, self.sg = rq[ok], re_[ok], lam[ok], sg[ok]
+        self.lbmin, self.lbhi, self.k1, self.sig, self.la = lbmin[ok], lbhi[ok], k1, sig, la
 
 
 class _Queries:
@@ -345,17 +367,20 @@ class NoveltyIndex:
         rows = {k: o.positions(q.els, q.qid, nq) for k, o in orders.items()}
         if not exact:  # frozen: one order, one search at the threshold
             (rows, start), = rows.values() or [self._order.positions(q.els, q.qid, nq)]
-            prow, sig = self._pair_rows(q, rows, start), np.full(nq, self._psig())
-            self._best_of(np.concatenate([np.zeros(0, np.int64)] + [s.candidates_raw(rows, prow, q.la, sig, L)
+            prow = self._pair_rows(q, rows, start)
+            erow = _ElemNeedles(rows, q.la, np.full(nq, self._psig()), 1, lbfloor=_LMAX + 1)
+            self._best_of(np.concatenate([np.zeros(0, np.int64)] + [s.candidates_raw(prow, erow, L)
                                                                      for s in self._segs]), q, pool, best, arg)
             return best, arg
         bound, active, k1 = np.full(nq, self._bound), (q.la > 0) & (n > 0), 0
         while active.any():  # k1 = 0 first: every prefix pair verified, a high lower bound early
             sig = np.maximum(bound - _EPS, 0.0)
-            for s in self._segs:  # in record order: on equal F the earlier record stays
-                (rq, ri, re_), _ = rows[id(s.order)]
+            ens = {}
+            for k, ((rq, ri, re_), _) in rows.items():
                 m = active[rq]
-                qq, rr = s.search((rq[m], ri[m], re_[m]), q.la, sig, k1, L)
+                ens[k] = _ElemNeedles((rq[m], ri[m], re_[m]), q.la, sig, k1)
+            for s in self._segs:  # in record order: on equal F the earlier record stays
+                qq, rr = s.search(ens[id(s.order)], L)
                 self._best_of((qq << 32) | rr, q, pool, best, arg)
             done = (best >= bound) | (bound <= 0)
             step = np.array([next((x for x in _LADDER if x < b), 0.0) for b in bound])
@@ -406,7 +431,9 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
         seg = _Segment(q.els, q.la, 0, index._order, None if exact else index._psig())
         (rows, start), sig = index._order.positions(q.els, q.qid, nc), np.maximum(best - _EPS, 0.0)
         prow = None if exact else index._pair_rows(q, rows, start)
-        pq, pr = seg.candidates(rows, prow, q.la, sig if exact else np.full(nc, index._psig()), q.la, 1)
+        erow = _ElemNeedles(rows, q.la, sig, 1) if exact else \
+            _ElemNeedles(rows, q.la, np.full(nc, index._psig()), 1, lbfloor=_LMAX + 1)
+        pq, pr = seg.candidates(prow, erow, q.la)
         pf = _verify(pq, pr, q, q)
         m = (pr < pq) & (pf > best[pq])
         pq, pr, pf = pq[m], pr[m], pf[m]  # sorted by (pq, pr)

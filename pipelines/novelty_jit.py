@@ -3,8 +3,10 @@
 pipelines/lcs_jit.py; tests/test_novelty.py checks both against rouge-score by brute force.
 
 Why compiled: the numpy versions made several passes over every posting (repeat, gather, mask,
-np.unique to count hits); here one loop walks the postings. The pair search gallops over sorted
-needles (a few cache lines per range start, not a fresh binary search). The element search counts
+np.unique to count hits); here one loop walks the postings. The pair search finds a range in a
+directory run of a few postings and prefetches the runs of the look-ups a few steps ahead: at a
+200k pool the postings are ~50 MB, past this box's 32 MB L3, and the misses are what grew with
+the pool. The element search gallops from one range to the next of the same element and counts
 a query's hits per record in a dense array instead of sorting them: it serves exact scores, whose
 searches below the threshold read long postings of common words (bench/novelty.py, 200k
 probe-exact: 2220 -> ~850 us per instruction, with best_of).
@@ -14,29 +16,40 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pipelines.prefetch import prefetch
+
+_AHEAD = 8  # look-ups whose postings are prefetched ahead
+
 
 @njit(cache=True)
-def pair_search(key, rid, lo, hi, rq, i2, lam, s):
+def pair_search(key, rid, d, shift, lo, hi, rq, i2, lam, s):
     """Postings with lo[t] <= key <= hi[t] (look-ups sorted by lo) that pass the positional check
     of _Segment.search_pairs at bound s (alpha' = alpha - 1 for the pair's later element, position
     key & 255 in the record, i2[t] in the query); returns query << 32 | record per passing
-    posting. Each range start is found by galloping from the previous one (a few cache lines, not
-    a fresh binary search); the range is then scanned to hi. The look-up arrays come sorted, read
-    in order (read through a permutation they cost ~10% more at a 200k pool)."""
+    posting. A range starts in the directory run d[lo >> shift] (a few postings); the run's start
+    is prefetched _AHEAD look-ups ahead and its directory entry twice as far, so the cache misses
+    of successive look-ups overlap (at a 200k pool the postings are ~50 MB). The look-up arrays
+    come sorted and are read in order (read through a permutation they cost ~10% more)."""
     out = np.empty(max(64, 2 * len(lo)), np.int64)
-    n, p0, nk = 0, 0, len(key)
-    for t in range(len(lo)):
-        x, step = lo[t], 1
-        while p0 + step <= nk and key[p0 + step - 1] < x:  # key[p0 - 1] < x already holds
-            step *= 2
-        a, b = p0 + step // 2, min(p0 + step, nk)   # first key >= x is in [a, b]
+    n, nk, nl = 0, len(key), len(lo)
+    for t in range(min(2 * _AHEAD, nl)):
+        prefetch(d, lo[t] >> shift)
+    for t in range(nl):
+        if t + 2 * _AHEAD < nl:
+            prefetch(d, lo[t + 2 * _AHEAD] >> shift)
+        if t + _AHEAD < nl:
+            y = d[lo[t + _AHEAD] >> shift]
+            prefetch(key, y)
+            prefetch(rid, y)
+        x = lo[t]
+        a, b = d[x >> shift], d[(x >> shift) + 1]   # the first key >= x is in [a, b]
         while a < b:
             m = (a + b) // 2
             if key[m] < x:
                 a = m + 1
             else:
                 b = m
-        p0 = p = a
+        p = a
         if p < nk and key[p] <= hi[t]:
             q, la, i = rq[t], lam[t], i2[t]
             while p < nk and key[p] <= hi[t]:
@@ -57,6 +70,23 @@ def _alpha(s, la, lb, k1):
     return max(1, np.int64(np.ceil(s * (la + lb) / 2)) - k1)
 
 
+@njit(cache=True, inline="always")
+def _gallop(key, p, x):
+    """First index >= p with key >= x (key sorted, key[p - 1] < x): doubling steps, then a
+    binary search; a few cache lines when the answer is near p."""
+    nk, step = len(key), 1
+    while p + step <= nk and key[p + step - 1] < x:
+        step *= 2
+    a, b = p + step // 2, min(p + step, nk)
+    while a < b:
+        m = (a + b) // 2
+        if key[m] < x:
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
 @njit(cache=True)
 def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq, L, cnt, r0):
     """_Segment.search's range lookups and hit counting, compiled: per row (query rq, element re_,
@@ -69,7 +99,7 @@ def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq,
     while t < nr:
         q, nt = rq[t], 0
         while t < nr and rq[t] == q:
-            s, la = sg[t], lam[t]
+            s, la, p = sg[t], lam[t], -1
             for j in range(jmax[t] + 1):
                 x = np.int64(max(max(lbmin[t], j + 1), np.floor((j - k1 + s * la / 2) / (1 - s / 2)) - 1))
                 for _ in range(4):  # novelty._fix, up
@@ -79,9 +109,9 @@ def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq,
                 if lo > hi:
                     continue
                 base = (re_[t] << 24) | (np.int64(j) << 16)
-                a = np.searchsorted(key, base | lo, "left")
-                b = np.searchsorted(key, base | hi, "right")
-                for p in range(a, b):
+                # the ranges of one row come in key order: gallop on from the previous one's end
+                p = np.searchsorted(key, base | lo, "left") if p < 0 else _gallop(key, p, base | lo)
+                while p < len(key) and key[p] <= base | hi:
                     r = rid[p]
                     if cnt[r - r0] == 0:
                         if nt == len(touched):
@@ -89,6 +119,7 @@ def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq,
                         touched[nt] = r
                         nt += 1
                     cnt[r - r0] += 1
+                    p += 1
             t += 1
         m = 0
         for k in range(nt):  # keep the records hit often enough, reset the counts
