@@ -35,7 +35,7 @@ import numpy as np
 from rapidfuzz.distance import LCSseq
 
 from pipelines.lcs_jit import best_of, lcs_pairs
-from pipelines.novelty_jit import element_search, pair_search
+from pipelines.novelty_jit import element_search, merge_sorted, pair_search
 from pipelines.rouge import fmeasure_vec, rouge_l, tokenize
 
 __all__ = ["NoveltyIndex", "filter_novel", "rouge_l"]
@@ -161,14 +161,14 @@ class _Segment:
     @classmethod
     def merged(cls, a: "_Segment", b: "_Segment") -> "_Segment":
         """a + b (adjacent, same order) without rebuilding: the keys of a record do not depend on
-        its segment, so the postings are the two sorted runs merged (a stable sort of two runs is a
-        linear merge, timsort; on equal keys a's records, the lower ids, stay first)."""
+        its segment, so the postings are the two sorted runs merged in one pass (merge_sorted; on
+        equal keys a's records, the lower ids, stay first)."""
         s = cls.__new__(cls)
         s.lo, s.hi, s.order, s.maxlen = a.lo, b.hi, a.order, max(a.maxlen, b.maxlen)
-        s.key, s.rid = _merge(a.key, b.key, a.rid, b.rid)
+        s.key, s.rid = merge_sorted(a.key, b.key, a.rid, b.rid)
         s.cnt = np.zeros(s.hi - s.lo, np.int32)
         if hasattr(a, "pkey"):
-            s.pkey, s.prid = _merge(a.pkey, b.pkey, a.prid, b.prid)
+            s.pkey, s.prid = merge_sorted(a.pkey, b.pkey, a.prid, b.prid)
             s._directory()
         return s
 
@@ -213,10 +213,6 @@ class _Segment:
         return pk >> 32, pk & 0xFFFFFFFF
 
 
-def _merge(ka, kb, va, vb):
-    key = np.concatenate([ka, kb])
-    o = np.argsort(key, kind="stable")
-    return key[o], np.concatenate([va, vb])[o]
 
 
 def _verify(q, r, Q: "_Queries", P: "_Queries"):

@@ -135,3 +135,19 @@ def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq,
             out[n + k] = (q << 32) | keep[k]
         n += m
     return out[:n]
+
+
+@njit(cache=True)
+def merge_sorted(ka, kb, va, vb):
+    """Two sorted key runs with their values merged into one (a's first on equal keys): one pass,
+    where a stable argsort of the concatenation made three (sort, two gathers)."""
+    key, val = np.empty(len(ka) + len(kb), ka.dtype), np.empty(len(ka) + len(kb), va.dtype)
+    i = j = 0
+    for k in range(len(key)):
+        if j == len(kb) or (i < len(ka) and ka[i] <= kb[j]):
+            key[k], val[k] = ka[i], va[i]
+            i += 1
+        else:
+            key[k], val[k] = kb[j], vb[j]
+            j += 1
+    return key, val

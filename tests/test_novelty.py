@@ -343,5 +343,6 @@ def test_merged_segments_equal_a_rebuild(monkeypatch):
         fresh = idx._segment(s.lo, s.hi)
         assert (s.key == fresh.key).all() and (s.rid == fresh.rid).all()
         assert (s.pkey == fresh.pkey).all() and (s.prid == fresh.prid).all()
+        assert (s.pdir == fresh.pdir).all() and s.pshift == fresh.pshift
         assert s.maxlen == fresh.maxlen
     assert len(calls) >= 5
