@@ -96,32 +96,43 @@ def _by_query(pk, nq):
 @njit(cache=True)
 def best_of(pk, nq, qcodes, qoff, pcodes, poff, best, arg):
     """Fold candidates pk = query << 32 | record (any order, repeats allowed) into best/arg: per
-    query the highest F, then the lowest record, where it beats them. Returns the candidates whose
-    query has more than 64 tokens, for the caller's fallback."""
+    query the highest F, then the lowest record, where it beats them (so the order of a query's
+    candidates does not matter; repeats are skipped through a small hash set, not a sort: sorting
+    each query's candidates took ~a third of the time). Returns the candidates whose query has
+    more than 64 tokens, sorted, for the caller's fallback."""
     rs, cnt = _by_query(pk, nq)
     pm = np.zeros(max(qcodes.max(), 0) + 1 if len(qcodes) else 1, np.uint64)
     rest = np.empty(0, np.int64)
+    most = 1
     for i in range(nq):
-        if cnt[i + 1] == cnt[i]:
+        most = max(most, cnt[i + 1] - cnt[i])
+    bits = 4
+    while (1 << bits) < 2 * most:
+        bits += 1
+    seen, stamp = np.empty(1 << bits, np.int64), np.zeros(1 << bits, np.int64)  # slot valid iff stamp = query + 1
+    for i in range(nq):
+        b, e = cnt[i], cnt[i + 1]
+        if b == e:
             continue
         a, m = qoff[i], qoff[i + 1] - qoff[i]
-        mine = np.sort(rs[cnt[i]:cnt[i + 1]])
         if m > 64:
-            rest = np.concatenate((rest, (np.int64(i) << 32) | mine))
+            rest = np.concatenate((rest, (np.int64(i) << 32) | np.sort(rs[b:e])))
             continue
         _masks(pm, qcodes, a, m, True)
-        prev, nm = -1, len(mine)
-        for k in range(min(_AHEAD, nm)):
-            prefetch(poff, mine[k])
-        for k in range(nm):
-            if k + _AHEAD < nm:  # the offsets _AHEAD candidates ahead, the codes half as far
-                prefetch(poff, mine[k + _AHEAD])
-            if k + _AHEAD // 2 < nm:
-                prefetch(pcodes, poff[mine[k + _AHEAD // 2]])
-            r = mine[k]
-            if r == prev:
-                continue
-            prev = r
+        for k in range(b, min(b + _AHEAD, e)):
+            prefetch(poff, rs[k])
+        for k in range(b, e):
+            if k + _AHEAD < e:  # the offsets _AHEAD candidates ahead, the codes half as far
+                prefetch(poff, rs[k + _AHEAD])
+            if k + _AHEAD // 2 < e:
+                prefetch(pcodes, poff[rs[k + _AHEAD // 2]])
+            r = rs[k]
+            h = np.int64((np.uint64(r) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+            while stamp[h] == i + 1 and seen[h] != r:
+                h = (h + 1) & ((1 << bits) - 1)
+            if stamp[h] == i + 1:
+                continue  # a repeat
+            stamp[h], seen[h] = i + 1, r
             lcs = _lcs(pm, m, pcodes, poff[r], poff[r + 1])
             if lcs > 0:
                 f = _f(lcs, poff[r + 1] - poff[r], m)
