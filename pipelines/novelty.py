@@ -35,7 +35,7 @@ import numpy as np
 from rapidfuzz.distance import LCSseq
 
 from pipelines.lcs_jit import best_of, lcs_pairs
-from pipelines.novelty_jit import element_search, merge_sorted, pair_search
+from pipelines.novelty_jit import directory, element_search, merge_sorted, pair_search
 from pipelines.rouge import fmeasure_vec, rouge_l, tokenize
 
 __all__ = ["NoveltyIndex", "filter_novel", "rouge_l"]
@@ -178,7 +178,7 @@ class _Segment:
         over the whole segment. int32: 0.5-1 byte per posting."""
         bits = max(1, int(np.ceil(np.log2(max(len(self.pkey), 2) / 8))))
         self.pshift = 63 - bits
-        self.pdir = np.r_[0, np.cumsum(np.bincount(self.pkey >> self.pshift, minlength=2 ** bits))].astype(np.int32)
+        self.pdir = directory(self.pkey, self.pshift, 2 ** bits)
 
     def search(self, en: "_ElemNeedles", L):
         """(query, record) candidates, sorted: records sharing >= min(k1+1, alpha) elements with

@@ -151,3 +151,17 @@ def merge_sorted(ka, kb, va, vb):
             key[k], val[k] = kb[j], vb[j]
             j += 1
     return key, val
+
+
+@njit(cache=True)
+def directory(key, shift, nb):
+    """d[b] = first index of key (sorted, >= 0) with key >> shift >= b, for b = 0..nb: one pass."""
+    d = np.empty(nb + 1, np.int32)
+    b = 0
+    for p in range(len(key)):
+        k = key[p] >> shift
+        while b <= k:
+            d[b] = p
+            b += 1
+    d[b:] = len(key)
+    return d
