@@ -213,8 +213,6 @@ class _Segment:
         return pk >> 32, pk & 0xFFFFFFFF
 
 
-
-
 def _verify(q, r, Q: "_Queries", P: "_Queries"):
     """ROUGE-L F of (query, record) pairs sorted by query: compiled bit-parallel LCS; queries of
     more than 64 tokens through rapidfuzz, pair by pair (rare for instructions)."""
@@ -263,6 +261,7 @@ class _ElemNeedles:
         lbmin = np.maximum(_lbmin(sg, lam), lbfloor)
         lbhi = _lbhi(sg, lam, ri, k1, 65535)
         ok = np.flatnonzero(lbhi >= lbmin)
+        assert not len(ok) or (np.diff(rq[ok]) >= 0).all(), "rows must be grouped by query"
         self.rq, self.re, self.lam, self.sg = rq[ok], re_[ok], lam[ok], sg[ok]
         self.lbmin, self.lbhi, self.k1, self.sig, self.la = lbmin[ok], lbhi[ok], k1, sig, la
 
