@@ -42,14 +42,7 @@ def pair_search(key, rid, d, shift, lo, hi, rq, i2, lam, s):
             prefetch(key, y)
             prefetch(rid, y)
         x = lo[t]
-        a, b = d[x >> shift], d[(x >> shift) + 1]   # the first key >= x is in [a, b]
-        while a < b:
-            m = (a + b) // 2
-            if key[m] < x:
-                a = m + 1
-            else:
-                b = m
-        p = a
+        p = _lower_bound(key, d[x >> shift], d[(x >> shift) + 1], x)  # the first key >= x is in the run
         if p < nk and key[p] <= hi[t]:
             q, la, i = rq[t], lam[t], i2[t]
             while p < nk and key[p] <= hi[t]:
@@ -77,7 +70,12 @@ def _gallop(key, p, x):
     nk, step = len(key), 1
     while p + step <= nk and key[p + step - 1] < x:
         step *= 2
-    a, b = p + step // 2, min(p + step, nk)
+    return _lower_bound(key, p + step // 2, min(p + step, nk), x)
+
+
+@njit(cache=True, inline="always")
+def _lower_bound(key, a, b, x):
+    """First index in [a, b] with key >= x (b when none; key sorted)."""
     while a < b:
         m = (a + b) // 2
         if key[m] < x:
