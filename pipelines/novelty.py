@@ -346,27 +346,30 @@ class NoveltyIndex:
         els = self._els.a[off[lo]:off[hi]].astype(np.int64)
         return _Segment(els, self._len.a[lo:hi], lo, self._order, self._psig())
 
-    def _pair_rows(self, q: _Queries, rows, start):
-        sg, la = self._psig(), q.la
+    def _bound_needles(self, q: _Queries):
+        """The bound mode's look-ups of q (frozen: one order, bound = threshold): pair needles and
+        element needles for records over _LMAX tokens. The same for the pool and for the chunk's
+        own search, so filter_novel makes them once."""
+        (rows, start), sg, la = self._order.positions(q.els, q.qid, len(q.la)), self._psig(), q.la
         npos = np.where(sg * la / (2 - sg) <= _LMAX, _npos(sg, la), 0)
-        return _PairNeedles(_pairs(rows[2], start, npos, sg * (la + 1) <= 2), la, sg)
+        prow = _PairNeedles(_pairs(rows[2], start, npos, sg * (la + 1) <= 2), la, sg)
+        return prow, _ElemNeedles(rows, la, np.full(len(la), sg), 1, lbfloor=_LMAX + 1)
 
-    def _pool_best(self, q: _Queries, exact: bool):
-        """(best F, record) per query vs the pool: exact, or the default lower bound (module doc)."""
+    def _pool_best(self, q: _Queries, exact: bool, needles=None):
+        """(best F, record) per query vs the pool: exact, or the default lower bound (module doc;
+        needles: _bound_needles(q), made here when not given)."""
         self._flush()
         nq, n, L = len(q.la), len(self), self._len.view()
         pool = _Queries(None, None, L, self._codes.view(), self._off.view())
         # record 0 when every score is 0 (exact, or a zero bound: then all F > 0 are found); -1: none
         best, arg = np.zeros(nq), np.full(nq, 0 if n and (exact or self._bound <= 0) else -1, np.int64)
-        orders = {id(s.order): s.order for s in self._segs}  # one before the freeze: several
-        rows = {k: o.positions(q.els, q.qid, nq) for k, o in orders.items()}
         if not exact:  # frozen: one order, one search at the threshold
-            (rows, start), = rows.values() or [self._order.positions(q.els, q.qid, nq)]
-            prow = self._pair_rows(q, rows, start)
-            erow = _ElemNeedles(rows, q.la, np.full(nq, self._psig()), 1, lbfloor=_LMAX + 1)
+            prow, erow = needles or self._bound_needles(q)
             self._best_of(np.concatenate([np.zeros(0, np.int64)] + [s.candidates_raw(prow, erow, L)
                                                                      for s in self._segs]), q, pool, best, arg)
             return best, arg
+        orders = {id(s.order): s.order for s in self._segs}  # one before the freeze: several
+        rows = {k: o.positions(q.els, q.qid, nq) for k, o in orders.items()}
         bound, active, k1 = np.full(nq, self._bound), (q.la > 0) & (n > 0), 0
         while active.any():  # k1 = 0 first: every prefix pair verified, a high lower bound early
             sig = np.maximum(bound - _EPS, 0.0)
@@ -420,15 +423,18 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
         texts = [candidates[k] for k in pos]
         nc, q = len(texts), index._encode(texts, grow=True)
         exact = index.exact_scores or n0 < _FREEZE
-        best, arg = index._pool_best(q, exact)
+        needles = None
+        if not exact:
+            index._flush()  # the freeze, if due, comes before the look-ups are made in its order
+            needles = index._bound_needles(q)
+        best, arg = index._pool_best(q, exact, needles)
         # within the chunk: pairs (earlier r, later c) with F(c, r) > the pool's best for c, found
-        # by the same search as the pool's (exact: at that best; else at the threshold)
+        # by the same search as the pool's (exact: at that best; else at the threshold, same look-ups)
         seg = _Segment(q.els, q.la, 0, index._order, None if exact else index._psig())
-        (rows, start), sig = index._order.positions(q.els, q.qid, nc), np.maximum(best - _EPS, 0.0)
-        prow = None if exact else index._pair_rows(q, rows, start)
-        erow = _ElemNeedles(rows, q.la, sig, 1) if exact else \
-            _ElemNeedles(rows, q.la, np.full(nc, index._psig()), 1, lbfloor=_LMAX + 1)
-        pq, pr = seg.candidates(prow, erow, q.la)
+        if exact:
+            rows, _ = index._order.positions(q.els, q.qid, nc)
+            needles = None, _ElemNeedles(rows, q.la, np.maximum(best - _EPS, 0.0), 1)
+        pq, pr = seg.candidates(*needles, q.la)
         pf = _verify(pq, pr, q, q)
         m = (pr < pq) & (pf > best[pq])
         pq, pr, pf = pq[m], pr[m], pf[m]  # sorted by (pq, pr)
