@@ -135,7 +135,8 @@ def test_ray_job_submit_runs_the_flan_demo(head_node, tmp_path):
     excludes = [".git", ".venv", "runs", "**/__pycache__", ".pytest_cache", "*.egg-info"]
     runtime_env = {"excludes": excludes, "env_vars": {"SEEDFORGE_STAGING": str(tmp_path / "staging-job")}}
     command = ["python", "-m", "pipelines.cli", "run", "configs/flan_demo.yaml", f"output_dir={uri}",
-               "train.enabled=true", "train.max_steps=2", "train.checkpoint_every=1", "train.eval_fraction=0"]
+               "train.enabled=true", "train.max_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=1",
+               "train.eval_fraction=0"]
     t = time.time()
     sub = subprocess.run(
         [RAY, "job", "submit", "--address", head_node["address"], "--submission-id", sid,
