@@ -174,9 +174,11 @@ class _Segment:
 
     def _directory(self):
         """Where each run of pair keys with the same top bits starts (~8 postings a run; keys are
-        hashes, so the runs are even): pair_search finds a range in one run, not by a search
-        over the whole segment. int32: 0.5-1 byte per posting."""
+        hashes, so the runs are even), and which values of the next 5 bits the run holds:
+        pair_search finds a range in one run, not by a search over the whole segment, and skips
+        most empty ones unread. int64: 1-2 bytes per posting."""
         bits = max(1, int(np.ceil(np.log2(max(len(self.pkey), 2) / 8))))
+        assert 63 - bits - 5 >= 24, "the mask bits must lie in the pair hash (key >> 24)"
         self.pshift = 63 - bits
         self.pdir = directory(self.pkey, self.pshift, 2 ** bits)
 
