@@ -65,7 +65,7 @@ class GenerateConfig(Section):
     num_machine: int = F(2, "Machine instructions shown per prompt (fewer while the pool has fewer).", ge=0)
     rouge_threshold: float = F(0.7, "Drop an instruction whose ROUGE-L F with the pool exceeds this.", ge=0, le=1)
     exact_novelty_scores: bool = F(True, "Store the exact best ROUGE-L and most similar instruction on kept rows "
-                                         "too (decisions are always exact; false makes the filter ~8x faster over 200k "
+                                         "too (decisions are always exact; false makes the filter ~9x faster over 200k "
                                          "instructions, kept rows then carry a lower bound).")
     max_instances_per_task: int = F(5, "Most instances kept per instruction; instance generation stops at "
                                        "\"Example {this + 1}\".", ge=1)
