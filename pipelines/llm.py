@@ -87,7 +87,14 @@ class EnginePool:
             r.pop("_order")
         return out
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = 10.0) -> None:
+        """Kill the engines, then wait (at most wait_s) until Ray has their CPUs back: ray.kill
+        returns before the raylet frees them, and a Dataset started in that gap (the curate stage)
+        sees no free CPU and warns that it will hang."""
+        free = ray.available_resources().get("CPU", 0.0) + self.cfg.num_cpus * len(self.engines)
         for e in self.engines:
             ray.kill(e)
         self.engines = []
+        deadline = time.time() + wait_s
+        while ray.available_resources().get("CPU", 0.0) < free - 1e-6 and time.time() < deadline:
+            time.sleep(0.05)

@@ -210,6 +210,26 @@ def _children_titled(ppid: int, prefix: str, exclude: set[int]) -> dict[int, str
     return out
 
 
+def test_engine_pool_shutdown_returns_once_ray_has_the_cpus_back(ray_session):
+    """The stage after generation starts a Dataset at once: EnginePool.shutdown waits until the
+    killed actors' CPUs are free again (else Ray Data sees none and warns that it will hang)."""
+    import collections
+
+    import ray
+
+    from pipelines.config import EngineConfig
+    from pipelines.llm import EnginePool
+
+    free = ray.available_resources().get("CPU", 0.0)
+    actors = [ray.remote(num_cpus=1)(collections.Counter).remote() for _ in range(2)]  # stand-ins
+    ray.get([a.__ray_ready__.remote() for a in actors])
+    assert ray.available_resources().get("CPU", 0.0) == free - 2
+    pool = EnginePool.__new__(EnginePool)
+    pool.cfg, pool.engines = EngineConfig(num_cpus=1), actors
+    pool.shutdown()
+    assert pool.engines == [] and ray.available_resources().get("CPU", 0.0) == free
+
+
 @pytest.mark.e2e
 def test_engine_actor_killed_mid_batch_is_restarted_and_batch_retried(engine):
     """SIGKILL the engine actor's process while it generates: Ray restarts the actor
