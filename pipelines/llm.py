@@ -89,8 +89,8 @@ class EnginePool:
 
     def shutdown(self, wait_s: float = 10.0) -> None:
         """Kill the engines, then wait (at most wait_s) until Ray has their CPUs back: ray.kill
-        returns before the raylet frees them, and a Dataset started in that gap (the curate stage)
-        sees no free CPU and warns that it will hang."""
+        returns before the raylet frees them, so the next stage's Datasets (curate, train) could
+        start on a cluster that still looks full."""
         free = ray.available_resources().get("CPU", 0.0) + self.cfg.num_cpus * len(self.engines)
         for e in self.engines:
             ray.kill(e)

@@ -179,6 +179,7 @@ class _Segment:
         most empty ones unread. int64: 1-2 bytes per posting."""
         bits = max(1, int(np.ceil(np.log2(max(len(self.pkey), 2) / 8))))
         assert 63 - bits - 5 >= 24, "the mask bits must lie in the pair hash (key >> 24)"
+        assert len(self.pkey) < 2 ** 32, "run starts are 32 bits (the mask takes the other 32)"
         self.pshift = 63 - bits
         self.pdir = directory(self.pkey, self.pshift, 2 ** bits)
 
