@@ -360,14 +360,14 @@ class NoveltyIndex:
 
     def _pool_best(self, q: _Queries, exact: bool, needles=None):
         """(best F, record) per query vs the pool: exact, or the default lower bound (module doc;
-        needles: _bound_needles(q), made here when not given)."""
+        needles: _bound_needles(q), which filter_novel makes once per chunk)."""
         self._flush()
         nq, n, L = len(q.la), len(self), self._len.view()
         pool = _Queries(None, None, L, self._codes.view(), self._off.view())
         # record 0 when every score is 0 (exact, or a zero bound: then all F > 0 are found); -1: none
         best, arg = np.zeros(nq), np.full(nq, 0 if n and (exact or self._bound <= 0) else -1, np.int64)
         if not exact:  # frozen: one order, one search at the threshold
-            prow, erow = needles or self._bound_needles(q)
+            prow, erow = needles
             self._best_of(np.concatenate([np.zeros(0, np.int64)] + [s.candidates_raw(prow, erow, L)
                                                                      for s in self._segs]), q, pool, best, arg)
             return best, arg

@@ -212,7 +212,7 @@ def _children_titled(ppid: int, prefix: str, exclude: set[int]) -> dict[int, str
 
 def test_engine_pool_shutdown_returns_once_ray_has_the_cpus_back(ray_session):
     """The stage after generation starts a Dataset at once: EnginePool.shutdown waits until the
-    killed actors' CPUs are free again (else Ray Data sees none and warns that it will hang)."""
+    killed actors' CPUs are free again (ray.kill returns before they are)."""
     import collections
 
     import ray
