@@ -23,7 +23,7 @@ from ray.data.expressions import col
 
 from pipelines import dedup, filters, io, schema
 from pipelines.config import CurateConfig, load_config
-from pipelines.stages import quiet_ray_data_console
+from pipelines.stages import check_free_cpu, quiet_ray_data_console
 
 _TEXT = ("instruction", "input", "output", "finish_reason")  # what the filters read
 
@@ -190,6 +190,7 @@ def curate(input_dir, output_dir, cfg: CurateConfig | None = None) -> dict:
     if not ray.is_initialized():  # keep idle workers: Ray Data's shuffles otherwise restart theirs each time
         ray.init(address="local", _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
         quiet_ray_data_console()  # seedforge curate's own command: ~15 Ray Data executions, each logged
+    check_free_cpu()
     t0 = time.time()
     kept, rejected, funnel = curate_dataset(read_shards(files, cfg.columns), cfg)
     out = Path(output_dir)

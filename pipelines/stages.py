@@ -57,6 +57,29 @@ def quiet_ray_data_console(quiet: bool = True) -> None:
     log_once("ray_data_progress_manager_disabled")
 
 
+def check_free_cpu(log=print, wait_s: float = 10.0) -> bool:
+    """True when Ray has a CPU free for the Datasets of a stage about to start; else, after giving
+    Ray's resource view wait_s to catch up, log a warning and return False. Also turns off Ray Data's
+    own check, made at the start of every execution: Ray's view counts a finished task's CPU for
+    tens of ms more (26-63 ms after a materialize() with both CPUs busy, on this box), curation runs
+    ~15 executions back to back, and in every demo run Ray Data warned once "The Dataset job will
+    hang unless more CPUs are freed up" while nothing waited."""
+    import time
+
+    import ray
+    from ray.util.debug import log_once
+
+    log_once("cpu_warning")  # the key of that check's warning (ray.data.Dataset._execute): now spent
+    deadline = time.time() + wait_s
+    while not ray.available_resources().get("CPU"):
+        if time.time() >= deadline:
+            log(f"warning: Ray has had no CPU free for {wait_s:g} s: this stage's Ray Data work waits "
+                "until actors or other jobs free some (`ray status` shows what holds them)")
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @dataclass
 class Context:
     cfg: Config

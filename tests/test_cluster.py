@@ -230,6 +230,30 @@ def test_engine_pool_shutdown_returns_once_ray_has_the_cpus_back(ray_session):
     assert pool.engines == [] and ray.available_resources().get("CPU", 0.0) == free
 
 
+def test_free_cpu_check_warns_only_while_actors_hold_every_cpu(ray_session):
+    """The check before curation: False and a warning naming `ray status` while stand-in actors
+    hold every CPU; True, silently, once they are killed (the wait covers Ray's lagging view).
+    Ray Data's own per-execution warning is spent."""
+    import collections
+
+    import ray
+    from ray.util.debug import log_once
+
+    from pipelines.stages import check_free_cpu
+
+    free = ray.available_resources().get("CPU", 0.0)
+    shares = [1.0] * int(free) + ([free - int(free)] if free > int(free) else [])
+    actors = [ray.remote(num_cpus=c)(collections.Counter).remote() for c in shares]
+    ray.get([a.__ray_ready__.remote() for a in actors])
+    logged = []
+    assert check_free_cpu(logged.append, wait_s=0.5) is False
+    assert len(logged) == 1 and "no CPU free for 0.5 s" in logged[0] and "ray status" in logged[0]
+    for a in actors:
+        ray.kill(a)
+    assert check_free_cpu(logged.append, wait_s=10) is True and len(logged) == 1
+    assert not log_once("cpu_warning")
+
+
 @pytest.mark.e2e
 def test_engine_actor_killed_mid_batch_is_restarted_and_batch_retried(engine):
     """SIGKILL the engine actor's process while it generates: Ray restarts the actor
