@@ -266,7 +266,10 @@ def test_eval_split_is_deterministic_by_id():
     held = [r["id"] for r in rows if tdata.is_eval(r, 0.1)]
     assert held == [r["id"] for r in rows if tdata.is_eval(dict(r, output="changed"), 0.1)]
     assert 150 < len(held) < 250
-    assert not any(tdata.is_eval(r, 0.1) and tdata.is_train(r, 0.1) for r in rows)
+    t = pa.Table.from_pylist(rows)
+    ev, tr = tdata.split_batch(t, 0.1, eval_side=True), tdata.split_batch(t, 0.1, eval_side=False)
+    assert ev["id"].to_pylist() == held  # the batch split is the row split, order kept
+    assert sorted(ev["id"].to_pylist() + tr["id"].to_pylist()) == sorted(r["id"] for r in rows)
 
 
 # ----------------------------------------------------------------------------- LoRA
