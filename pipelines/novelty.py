@@ -24,13 +24,8 @@ share two rare-prefix words at the threshold bound: a lower bound that depends o
 and the first _FREEZE pool instructions (the element order is frozen from their frequencies; scores
 before that are exact), so results do not depend on batching. best() is always exact.
 Storage: numpy arrays (elements, token codes, postings) plus the text per record, in static
-segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the
-segments' sorted postings, nothing is rebuilt), and all of them into the first once the others
-hold a quarter of its records: a query reads every segment, and the large ones are past the L3
-cache (the bench's 200k probe, same process, same pool: 47-49 us per instruction on the counter's
-segments of 106k, 30k, 7k and 1k records, 44.5-45.5 on one; the first segment grows by a quarter
-a time, so a record goes through ~4.5 such merges on average (1 / ln 1.25), and bench/novelty.py's
-stream times stayed within this box's noise).
+segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the two
+segments' sorted postings, nothing is rebuilt).
 """
 from __future__ import annotations
 
@@ -50,7 +45,6 @@ _LADDER = (0.5, 0.3, 0.15, 0.0)  # exact search: bounds tried when nothing was f
 _CHUNK = 1024                     # candidates per vectorised pass
 _FREEZE = 2048                    # the element order is frozen from the first _FREEZE records
 _LMAX = 64                        # longer records are found through the element index only
-_BASE = 4                         # all segments merge into one when the others hold 1/_BASE of the first
 
 
 class _Grow:
@@ -165,20 +159,16 @@ class _Segment:
             self._directory()
 
     @classmethod
-    def merged(cls, segs: list["_Segment"]) -> "_Segment":
-        """The adjacent segments segs (same order) as one, without rebuilding: the keys of a record
-        do not depend on its segment, so the postings are sorted runs merged pairwise, the last two
-        first (merge_sorted; on equal keys the lower ids stay first); one directory at the end."""
+    def merged(cls, a: "_Segment", b: "_Segment") -> "_Segment":
+        """a + b (adjacent, same order) without rebuilding: the keys of a record do not depend on
+        its segment, so the postings are the two sorted runs merged in one pass (merge_sorted; on
+        equal keys a's records, the lower ids, stay first)."""
         s = cls.__new__(cls)
-        s.lo, s.hi, s.order, s.maxlen = segs[0].lo, segs[-1].hi, segs[0].order, max(x.maxlen for x in segs)
-        s.key, s.rid = segs[-1].key, segs[-1].rid
-        for x in segs[-2::-1]:
-            s.key, s.rid = merge_sorted(x.key, s.key, x.rid, s.rid)
+        s.lo, s.hi, s.order, s.maxlen = a.lo, b.hi, a.order, max(a.maxlen, b.maxlen)
+        s.key, s.rid = merge_sorted(a.key, b.key, a.rid, b.rid)
         s.cnt = np.zeros(s.hi - s.lo, np.int32)
-        if hasattr(segs[0], "pkey"):
-            s.pkey, s.prid = segs[-1].pkey, segs[-1].prid
-            for x in segs[-2::-1]:
-                s.pkey, s.prid = merge_sorted(x.pkey, s.pkey, x.prid, s.prid)
+        if hasattr(a, "pkey"):
+            s.pkey, s.prid = merge_sorted(a.pkey, b.pkey, a.prid, b.prid)
             s._directory()
         return s
 
@@ -351,12 +341,8 @@ class NoveltyIndex:
             self._order = _Order(np.bincount(self._els.view(), minlength=len(self._ids)), self._h)
         self._segs.append(self._segment(lo, n))
         while len(self._segs) > 1 and self._segs[-2].hi - self._segs[-2].lo < 2 * (n - self._segs[-1].lo):
-            self._segs[-2:] = [self._merge(self._segs[-2:])]
-        if len(self._segs) > 1 and _BASE * (n - self._segs[0].hi) >= self._segs[0].hi - self._segs[0].lo:
-            self._segs = [self._merge(self._segs)]
-
-    def _merge(self, segs) -> _Segment:
-        return _Segment.merged(segs) if all(s.order is segs[0].order for s in segs) else self._segment(segs[0].lo, segs[-1].hi)
+            a, b = self._segs[-2], self._segs.pop()
+            self._segs[-1] = _Segment.merged(a, b) if a.order is b.order else self._segment(a.lo, b.hi)
 
     def _segment(self, lo, hi) -> _Segment:
         off = self._off.a
