@@ -62,8 +62,8 @@ def check_free_cpu(log=print, wait_s: float = 10.0) -> bool:
     Ray's resource view wait_s to catch up, log a warning and return False. Also turns off Ray Data's
     own check, made at the start of every execution: Ray's view counts a finished task's CPU for
     tens of ms more (26-63 ms after a materialize() with both CPUs busy, on this box), curation runs
-    ~15 executions back to back, and in every demo run Ray Data warned once "The Dataset job will
-    hang unless more CPUs are freed up" while nothing waited."""
+    ~15 executions back to back, and in 7 of 8 demo runs Ray Data warned once "The Dataset job
+    will hang unless more CPUs are freed up" while nothing waited."""
     import time
 
     import ray

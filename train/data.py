@@ -77,6 +77,7 @@ def load_datasets(data_dir: str, eval_fraction: float) -> dict:
     files = parquet_files(data_dir)
     _, cols = check_columns(files)
     ds = ray.data.read_parquet(files).select_columns(cols)
+
     def side(eval_side):
         return ds.map_batches(split_batch, batch_format="pyarrow",
                               fn_kwargs={"fraction": eval_fraction, "eval_side": eval_side})
