@@ -91,10 +91,10 @@ class EnginePool:
         """Kill the engines, then wait (at most wait_s) until Ray has their CPUs back: ray.kill
         returns before the raylet frees them, so the next stage's Datasets (curate, train) could
         start on a cluster that still looks full."""
+        from pipelines.stages import wait_for_cpus  # stages imports this module lazily too
+
         free = ray.available_resources().get("CPU", 0.0) + self.cfg.num_cpus * len(self.engines)
         for e in self.engines:
             ray.kill(e)
         self.engines = []
-        deadline = time.time() + wait_s
-        while ray.available_resources().get("CPU", 0.0) < free - 1e-6 and time.time() < deadline:
-            time.sleep(0.05)
+        wait_for_cpus(free - 1e-6, wait_s)

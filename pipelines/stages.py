@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,19 @@ def quiet_ray_data_console(quiet: bool = True) -> None:
     log_once("ray_data_progress_manager_disabled")
 
 
+def wait_for_cpus(at_least: float, wait_s: float) -> bool:
+    """Poll Ray's resource view until it shows at_least free CPUs; False after wait_s. The view
+    lags: it counts a finished task's or a killed actor's CPU for tens of ms more."""
+    import ray
+
+    deadline = time.time() + wait_s
+    while ray.available_resources().get("CPU", 0.0) < at_least:
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def check_free_cpu(log=print, wait_s: float = 10.0) -> bool:
     """True when Ray has a CPU free for the Datasets of a stage about to start; else, after giving
     Ray's resource view wait_s to catch up, log a warning and return False. Also turns off Ray Data's
@@ -64,20 +78,14 @@ def check_free_cpu(log=print, wait_s: float = 10.0) -> bool:
     tens of ms more (26-63 ms after a materialize() with both CPUs busy, on this box), curation runs
     ~15 executions back to back, and in 7 of 8 demo runs Ray Data warned once "The Dataset job
     will hang unless more CPUs are freed up" while nothing waited."""
-    import time
-
-    import ray
     from ray.util.debug import log_once
 
     log_once("cpu_warning")  # the key of that check's warning (ray.data.Dataset._execute): now spent
-    deadline = time.time() + wait_s
-    while not ray.available_resources().get("CPU"):
-        if time.time() >= deadline:
-            log(f"warning: Ray has had no CPU free for {wait_s:g} s: this stage's Ray Data work waits "
-                "until actors or other jobs free some (`ray status` shows what holds them)")
-            return False
-        time.sleep(0.05)
-    return True
+    if wait_for_cpus(1e-4, wait_s):  # 1e-4: Ray's smallest CPU share, so "any CPU free"
+        return True
+    log(f"warning: Ray has had no CPU free for {wait_s:g} s: this stage's Ray Data work waits "
+        "until actors or other jobs free some (`ray status` shows what holds them)")
+    return False
 
 
 @dataclass
