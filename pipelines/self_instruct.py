@@ -215,7 +215,8 @@ class SelfInstruct:
                 break
             # before any work of the round (the kill test waits for it; not the "round r/N:" form
             # of the progress line)
-            self.log(f"self_instruct: starting round {r} of {self.cfg.rounds} (pool {len(self.machine)})")
+            self.log(f"self_instruct: starting round {r} of {self.cfg.rounds} (pool: {len(self.seeds)} seed tasks, "
+                     f"{len(self.machine)} machine instructions)")
             res = self.round(r)
             self._commit(r, res)
             self.machine += res["instructions"]

@@ -201,6 +201,9 @@ def test_progress_line_per_round_and_commit_hook(tmp_path):
     pools = [int(re.search(r"pool (\d+)/40", ln).group(1)) for ln in progress]
     kept = [r["instructions_kept"] for r in stats["rounds"]]
     assert pools == [kept[0], kept[0] + kept[1]] and pools[0] > 0
+    starts = [ln for ln in lines if ln.startswith("self_instruct: starting round")]  # names the seed count
+    assert starts == [f"self_instruct: starting round {r} of 2 (pool: {len(SEEDS)} seed tasks, {m} machine instructions)"
+                      for r, m in [(1, 0), (2, pools[0])]]
     for ln, st in zip(progress, stats["rounds"]):
         rate = float(re.search(r"(\d+) tok/s", ln).group(1))
         assert abs(rate - st["instruction_tokens_per_s"]) <= 1 and st["instruction_tokens"] > 0
