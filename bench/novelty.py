@@ -5,9 +5,10 @@
 Per N: the 175 seed tasks form the pool; N generated instructions are streamed through filter_novel
 (threshold 0.7) in the pipeline's default mode (generate.exact_novelty_scores, exact scores:
 "stream-exact"; --stream-bound streams them a second time, on a second index, with lower-bound
-scores: "stream-bound", which doubles the stream time and more), timed in two halves: the second
-half's time per instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment merges)
-included; then, on the index with all of the stream indexed, --probe new candidates are filtered
+scores: "stream-bound", which doubles the stream time and more), timed in two halves, --stream-repeat
+times on fresh indexes (medians reported; after an untimed warm-up that loads the compiled
+functions): the second half's time per instruction is the marginal cost at a pool of ~N/2..N, index
+upkeep (segment merges) included; then, on the index with all of the stream indexed, --probe new candidates are filtered
 against the pool of that size with lower-bound scores (the cluster profile's mode, "probe") and with
 exact scores ("probe-exact"), each --repeat times on fresh copies of the index, the median time
 reported (a 50k probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop:
@@ -43,6 +44,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -249,6 +251,8 @@ def main():
                     help="run on built-in word lists when the Self-Instruct data is missing (numbers not comparable)")
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--workers", type=int, default=2, help="reference multiprocessing Pool size")
+    ap.add_argument("--stream-repeat", type=int, default=3,
+                    help="stream runs (fresh indexes); the medians of the whole stream and of its second half are reported")
     ap.add_argument("--ref-budget", type=float, default=120.0, help="reference seconds per sampled measurement")
     ap.add_argument("--stream-bound", action="store_true",
                     help="also stream with lower-bound scores (the pipeline default is exact scores)")
@@ -260,6 +264,7 @@ def main():
                  "are not comparable with runs on the real data)")
     print(f"seed pool: {len(seeds)} instructions; bigram corpus: {len(corpus)} sentences; threshold {a.threshold}; "
           f"reference: rouge-score + multiprocessing Pool({a.workers}) (created once); {os.cpu_count()} CPUs")
+    warm_up(seeds, corpus, a.threshold)
     rows, marginal = [], {}  # marginal: (N, stream) -> seconds per instruction over its second half
     with mp.get_context("fork").Pool(a.workers) as workers:
         for n in a.sizes:
@@ -267,17 +272,10 @@ def main():
             stream, probe = gen.make(n), gen.make(a.probe)
             streams, indexes = [], []  # (name, results, seconds) and index per mode: the pipeline's first
             for exact in [PIPELINE_EXACT] + ([False] if a.stream_bound and PIPELINE_EXACT else []):
-                indexes.append(NoveltyIndex(a.threshold, exact_scores=exact))
-                for s in seeds:
-                    indexes[-1].add(s)
-                t0 = time.perf_counter()
-                res = filter_novel(indexes[-1], stream[:n // 2])
-                t1 = time.perf_counter()
-                res += filter_novel(indexes[-1], stream[n // 2:])  # equal to one call (tests/test_novelty.py)
-                indexes[-1]._flush()  # the stream's last additions are indexed as part of the stream
-                t2 = time.perf_counter()
-                streams.append((f"stream-{_mode(exact)}", res, t2 - t0))
-                marginal[n, f"stream-{_mode(exact)}"] = (t2 - t1) / (n - n // 2)
+                idx, res, whole, half2 = timed_stream(seeds, stream, exact, a.threshold, a.stream_repeat)
+                indexes.append(idx)
+                streams.append((f"stream-{_mode(exact)}", res, whole))
+                marginal[n, f"stream-{_mode(exact)}"] = half2 / (n - n // 2)
             idx = indexes[0]  # the probes start from the pipeline mode's pool (decisions, so pools, are equal)
             pool = list(idx._texts)
             (res_p, t_probe), reps_p = timed_probe(idx, probe, exact=False, repeat=a.repeat)
@@ -313,6 +311,36 @@ def main():
     line, same = verdict(rows, marginal)
     print("\n" + line)
     return 0 if same else 1
+
+
+def timed_stream(seeds, stream, exact: bool, threshold: float, repeat: int):
+    """The stream filtered into a fresh index of the seeds, in two halves, `repeat` times (a 50k
+    bound stream takes ~2 s, and one run was seen 25% slow): (the last index, results, median
+    seconds of the whole stream, median seconds of its second half). Every repeat must give the
+    same results."""
+    runs = []
+    for _ in range(repeat):
+        idx = NoveltyIndex(threshold, exact_scores=exact)
+        for s in seeds:
+            idx.add(s)
+        t0 = time.perf_counter()
+        res = filter_novel(idx, stream[:len(stream) // 2])
+        t1 = time.perf_counter()
+        res += filter_novel(idx, stream[len(stream) // 2:])  # equal to one call (tests/test_novelty.py)
+        idx._flush()  # the stream's last additions are indexed as part of the stream
+        runs.append((res, time.perf_counter() - t0, time.perf_counter() - t1))
+    assert all(r == runs[0][0] for r, _, _ in runs), "repeats of one stream gave different results"
+    print(f"  stream-{_mode(exact)} seconds per repeat {[round(w, 2) for _, w, _ in runs]} (median used)", flush=True)
+    return idx, runs[0][0], statistics.median(w for _, w, _ in runs), statistics.median(h for _, _, h in runs)
+
+
+def warm_up(seeds, corpus, threshold: float):
+    """Filter a small stream in both modes once, untimed: the first call in a process loads the
+    compiled (numba) functions from their cache, a one-off cost that would land in the first
+    stream's time."""
+    small = Generator(corpus, seed=-1).make(5000)
+    for exact in (True, False):
+        filter_novel(NoveltyIndex(threshold, exact_scores=exact), seeds + small)
 
 
 def timed_probe(idx, probe, exact: bool, repeat: int):
