@@ -8,8 +8,8 @@ Per N: the 175 seed tasks form the pool; N generated instructions are streamed t
 scores: "stream-bound", which doubles the stream time and more), timed in two halves, --stream-repeat
 times on fresh indexes (medians reported; after an untimed warm-up that loads the compiled
 functions): the second half's time per instruction is the marginal cost at a pool of ~N/2..N, index
-upkeep (segment merges) included; then, on the index with all of the stream indexed, --probe new candidates are filtered
-against the pool of that size with lower-bound scores (the cluster profile's mode, "probe") and with
+upkeep (segment merges) included; then, on the index with all of the stream indexed, --probe new
+candidates are filtered against the pool of that size with lower-bound scores (the cluster profile's mode, "probe") and with
 exact scores ("probe-exact"), each --repeat times on fresh copies of the index, the median time
 reported (a 50k probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop:
 per candidate a multiprocessing Pool maps `partial(scorer.score, candidate)` over every pool
@@ -27,7 +27,8 @@ for three measures of that cost: the whole stream (the filter's time over the N 
 instructions, the benchmark as the issue words it), the stream's second half (the marginal cost at
 a pool of N/2..N, index upkeep amortised) and the probe (2000 candidates against the pool of N: a
 spot measure; which segment merges its ~2 chunks set off depends on where the binary counter of
-segments stands, ~5 us per instruction at 50k).
+segments stands: under cProfile, ~12 us per instruction in merges for one 50k pool, none for one
+200k pool).
 
 Instructions: imperative openers + a word-bigram chain over the Self-Instruct data in
 ../shared/data/self-instruct or $SELF_INSTRUCT_DATA (built-in word lists only with
