@@ -9,11 +9,12 @@ scores: "stream-bound", which doubles the stream time and more), timed in two ha
 times on fresh indexes (medians reported; after an untimed warm-up that loads the compiled
 functions): the second half's time per instruction is the marginal cost at a pool of ~N/2..N, index
 upkeep (segment merges) included; then, on the index with all of the stream indexed, --probe new
-candidates are filtered against the pool of that size with lower-bound scores (the cluster profile's mode, "probe") and with
-exact scores ("probe-exact"), each --repeat times on fresh copies of the index, the median time
-reported (a 50k probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop:
-per candidate a multiprocessing Pool maps `partial(scorer.score, candidate)` over every pool
-instruction (+ the ones kept before it) and drops it if max F > 0.7. It runs on the same candidates
+candidates are filtered against the pool of that size with lower-bound scores (the cluster
+profile's mode, "probe") and with exact scores ("probe-exact"), each --repeat times on fresh copies
+of the index, the median time reported (a 50k probe takes ~0.1 s, within this box's noise). The
+reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
+`partial(scorer.score, candidate)` over every pool instruction (+ the ones kept before it) and
+drops it if max F > 0.7. It runs on the same candidates
 against the same pool state, in full when that is estimated under 10 minutes, else on candidates
 spread evenly over the batch for --ref-budget seconds, the total extrapolated as mean time per
 sampled candidate x candidates ("~", "sample"). Both probe rows (both stream rows) are compared with
@@ -253,7 +254,8 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--workers", type=int, default=2, help="reference multiprocessing Pool size")
     ap.add_argument("--stream-repeat", type=int, default=3,
-                    help="stream runs (fresh indexes); the medians of the whole stream and of its second half are reported")
+                    help="stream runs (fresh indexes); the medians of the whole stream and of its "
+                         "second half are reported")
     ap.add_argument("--ref-budget", type=float, default=120.0, help="reference seconds per sampled measurement")
     ap.add_argument("--stream-bound", action="store_true",
                     help="also stream with lower-bound scores (the pipeline default is exact scores)")
@@ -329,7 +331,8 @@ def timed_stream(seeds, stream, exact: bool, threshold: float, repeat: int):
         t1 = time.perf_counter()
         res += filter_novel(idx, stream[len(stream) // 2:])  # equal to one call (tests/test_novelty.py)
         idx._flush()  # the stream's last additions are indexed as part of the stream
-        runs.append((res, time.perf_counter() - t0, time.perf_counter() - t1))
+        t2 = time.perf_counter()
+        runs.append((res, t2 - t0, t2 - t1))
     assert all(r == runs[0][0] for r, _, _ in runs), "repeats of one stream gave different results"
     print(f"  stream-{_mode(exact)} seconds per repeat {[round(w, 2) for _, w, _ in runs]} (median used)", flush=True)
     return idx, runs[0][0], statistics.median(w for _, w, _ in runs), statistics.median(h for _, _, h in runs)
