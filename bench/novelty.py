@@ -365,9 +365,9 @@ def timed_probe(idx, probe, exact: bool, repeat: int):
 
 def index_bytes(idx) -> int:
     """Bytes of the index's arrays (not the caller's texts)."""
-    arrays = [idx._els.a, idx._off.a, idx._len.a, idx._h.a, idx._codes.a]
+    arrays = [idx._els.a, idx._off.a, idx._len.a, idx._h.a, idx._codes.a, idx._sig.a]
     for s in idx._segs:
-        arrays += [s.key, s.rid] + ([s.pkey, s.prid] if hasattr(s, "pkey") else [])
+        arrays += [s.key, s.rid] + ([s.pkey, s.prid, s.psig] if hasattr(s, "pkey") else [])
     return sum(x.nbytes for x in arrays)
 
 

@@ -8,8 +8,10 @@ passes over all candidates (bound-mode probe at a 200k pool: ~18 us per instruct
 The records are random reads into the pool's token codes: they are prefetched a few candidates
 ahead, which with the hash set (sorting each query's candidates took a third of the pass) took
 best_of from ~7.5 to ~4 us per instruction there. A 64-bit token signature per record that
-skipped candidates which could not beat the best so far was tried and left out: it saved 3% in
-the bound mode and 4% with exact scores.
+skipped candidates which could not beat the best so far was tried here and left out: it saved 3%
+in the bound mode and 4% with exact scores (read from a per-record array it is one more random
+read; read from the postings, slower at a 200k pool in a one-off A/B, as the loose bound rarely
+falls below the best so far). The bound mode checks it in pair_search instead, against the threshold.
 """
 from __future__ import annotations
 

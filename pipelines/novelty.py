@@ -14,15 +14,21 @@ t-th shared element sits at position <= |A|-alpha+t-1 in A and <= |B|-alpha+t-1 
 - pair index (records <= _LMAX tokens, bound = threshold): every pair of elements inside a record's
   longest possible extended prefix, key (hash(e1, e2), lb, position of e2). A qualifying pair
   shares its first two shared elements as such a pair: one range per query pair, a few postings.
+  A posting carries its record's 64-bit token signature (a bit per token code, novelty_jit.
+  signatures): popcount(sa & sb) + min(la - |sa|, lb - |sb|) >= the multiset overlap >= L, so a
+  posting below alpha is dropped before the record's tokens are read. The postings that share a
+  query's pairs grow with the pool, and verifying each is a random read into the token codes: the
+  one term of the bound mode that grew linearly.
 Both searches are compiled loops (pipelines/novelty_jit.py); their hits are verified in one
 compiled pass (pipelines/lcs_jit.py: a bit-parallel LCS). Bounds keep a 1e-9 slack (float F vs
 2L/(la+lb)).
 Scores: dropped rows always get the exact max (all F > threshold are found). Kept rows get the exact
 max with exact_scores=True (search at the threshold, then at the best found, stepping down only when
 nothing was found: cost grows with the pool) and by default the best over the pool instructions that
-share two rare-prefix words at the threshold bound: a lower bound that depends only on the two texts
-and the first _FREEZE pool instructions (the element order is frozen from their frequencies; scores
-before that are exact), so results do not depend on batching. best() is always exact.
+share two rare-prefix words at the threshold bound and whose signatures allow F >= it (often none:
+0.0 and ""): a lower bound that depends only on the two texts and the first _FREEZE pool
+instructions (the element order is frozen from their frequencies; scores before that are exact),
+so results do not depend on batching. best() is always exact.
 Storage: numpy arrays (elements, token codes, postings) plus the text per record, in static
 segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the two
 segments' sorted postings, nothing is rebuilt).
@@ -35,7 +41,7 @@ import numpy as np
 from rapidfuzz.distance import LCSseq
 
 from pipelines.lcs_jit import best_of, lcs_pairs
-from pipelines.novelty_jit import directory, element_search, merge_sorted, pair_search
+from pipelines.novelty_jit import directory, element_search, merge_sorted, merge_sorted3, pair_search, signatures
 from pipelines.rouge import fmeasure_vec, rouge_l, tokenize
 
 __all__ = ["NoveltyIndex", "filter_novel", "rouge_l"]
@@ -138,8 +144,9 @@ class _Order:
 
 class _Segment:
     """Records lo..hi-1. Element postings sorted by key element<<24 | min(j,255)<<16 | min(lb,65535)
-    (clipped values are lower bounds: they only let more through); pair postings if psig is set."""
-    def __init__(self, els, lens, lo, order: _Order, psig=None):
+    (clipped values are lower bounds: they only let more through); pair postings if psig is set,
+    each with its record's token signature (sigs: one per record of the segment)."""
+    def __init__(self, els, lens, lo, order: _Order, psig=None, sigs=None):
         self.lo, self.hi, self.order = lo, lo + len(lens), order
         rid = np.repeat(np.arange(len(lens)), lens)
         start = np.cumsum(lens) - lens
@@ -155,7 +162,7 @@ class _Segment:
             own, i2, h = _pairs(els, start, npos, (lens <= _LMAX) & (psig * (lens + 1) <= 2))
             pkey = (h << 24) | (lens[own] << 8) | i2
             o = np.argsort(pkey, kind="stable")
-            self.pkey, self.prid = pkey[o], (own[o] + lo).astype(np.int32)
+            self.pkey, self.prid, self.psig = pkey[o], (own[o] + lo).astype(np.int32), sigs[own[o]]
             self._directory()
 
     @classmethod
@@ -168,7 +175,7 @@ class _Segment:
         s.key, s.rid = merge_sorted(a.key, b.key, a.rid, b.rid)
         s.cnt = np.zeros(s.hi - s.lo, np.int32)
         if hasattr(a, "pkey"):
-            s.pkey, s.prid = merge_sorted(a.pkey, b.pkey, a.prid, b.prid)
+            s.pkey, s.prid, s.psig = merge_sorted3(a.pkey, b.pkey, a.prid, b.prid, a.psig, b.psig)
             s._directory()
         return s
 
@@ -198,7 +205,8 @@ class _Segment:
         shared pair signature whose later element is inside both prefixes extended by one position."""
         hi = np.minimum(pn.lbhi, min(self.maxlen, _LMAX))  # lbhi is monotone in the cap
         hi = (pn.h << 24) | (hi << 8) | 255  # below lo (an empty range) where hi < lbmin
-        return pair_search(self.pkey, self.prid, self.pdir, self.pshift, pn.lo, hi, pn.rq, pn.i2, pn.lam, pn.sg)
+        return pair_search(self.pkey, self.prid, self.psig, self.pdir, self.pshift, pn.lo, hi, pn.rq, pn.i2, pn.lam,
+                           pn.sg, pn.qsig)
 
     def candidates_raw(self, prow, erow, L):
         """search_pairs, plus the element index (erow) for records over _LMAX tokens (bound mode)."""
@@ -242,8 +250,9 @@ class _PairNeedles:
     """A chunk's query pair signatures prepared once for every segment: partner length range
     (lbhi for the largest cap, _LMAX), empty ranges dropped, all sorted by range start (lo), so
     pair_search reads them in order."""
-    def __init__(self, prow, la, sg):
+    def __init__(self, prow, la, sg, qsig):
         rq, i2, h = prow
+        self.qsig = qsig
         lam, self.sg = la[rq], float(sg)
         lbmin, lbhi = _lbmin(sg, lam), _lbhi(sg, lam, i2, 1, _LMAX)
         lo = (h << 24) | (lbmin << 8)
@@ -275,6 +284,7 @@ class _Queries:
     def __init__(self, els, qid, la, codes, off=None):
         self.els, self.qid, self.la, self.codes = els, qid, la, codes
         self.off = np.r_[0, np.cumsum(la)] if off is None else off
+        self.sig = signatures(codes, self.off) if off is None else None
 
 
 class NoveltyIndex:
@@ -289,6 +299,7 @@ class NoveltyIndex:
         self._texts: list[str] = []
         self._codes = _Grow(np.int32)   # token codes of the records, flat (offsets: self._off)
         self._els, self._off, self._len = _Grow(np.int32), _Grow(np.int64), _Grow(np.int64)
+        self._sig = _Grow(np.uint64)   # 64-bit token signature per record (novelty_jit.signatures)
         self._off.extend([0])
         self._segs: list[_Segment] = []
         self._order, self._frozen = _Order(np.zeros(0, np.int64), self._h), False
@@ -323,6 +334,7 @@ class NoveltyIndex:
         self._codes.extend(q.codes[np.repeat(keep, q.la)])
         self._els.extend(q.els[keep[q.qid]])
         self._len.extend(q.la[keep])
+        self._sig.extend(q.sig[keep])
         self._off.extend(self._off.a[self._off.n - 1] + np.cumsum(q.la[keep]))
 
     def _psig(self):
@@ -347,7 +359,7 @@ class NoveltyIndex:
     def _segment(self, lo, hi) -> _Segment:
         off = self._off.a
         els = self._els.a[off[lo]:off[hi]].astype(np.int64)
-        return _Segment(els, self._len.a[lo:hi], lo, self._order, self._psig())
+        return _Segment(els, self._len.a[lo:hi], lo, self._order, self._psig(), self._sig.a[lo:hi])
 
     def _bound_needles(self, q: _Queries):
         """The bound mode's look-ups of q (frozen: one order, bound = threshold): pair needles and
@@ -355,7 +367,7 @@ class NoveltyIndex:
         own search, so filter_novel makes them once."""
         (rows, start), sg, la = self._order.positions(q.els, q.qid, len(q.la)), self._psig(), q.la
         npos = np.where(sg * la / (2 - sg) <= _LMAX, _npos(sg, la), 0)
-        prow = _PairNeedles(_pairs(rows[2], start, npos, sg * (la + 1) <= 2), la, sg)
+        prow = _PairNeedles(_pairs(rows[2], start, npos, sg * (la + 1) <= 2), la, sg, q.sig)
         return prow, _ElemNeedles(rows, la, np.full(len(la), sg), 1, lbfloor=_LMAX + 1)
 
     def _pool_best(self, q: _Queries, exact: bool, needles=None):
@@ -433,7 +445,7 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
         best, arg = index._pool_best(q, exact, needles)
         # within the chunk: pairs (earlier r, later c) with F(c, r) > the pool's best for c, found
         # by the same search as the pool's (exact: at that best; else at the threshold, same look-ups)
-        seg = _Segment(q.els, q.la, 0, index._order, None if exact else index._psig())
+        seg = _Segment(q.els, q.la, 0, index._order, None if exact else index._psig(), q.sig)
         if exact:
             rows, _ = index._order.positions(q.els, q.qid, nc)
             needles = None, _ElemNeedles(rows, q.la, np.maximum(best - _EPS, 0.0), 1)

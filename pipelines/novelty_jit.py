@@ -16,17 +16,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pipelines.lcs_jit import _popcount
 from pipelines.prefetch import prefetch
 
 _AHEAD = 8  # look-ups whose postings are prefetched ahead
 
 
 @njit(cache=True)
-def pair_search(key, rid, d, shift, lo, hi, rq, i2, lam, s):
+def pair_search(key, rid, sig, d, shift, lo, hi, rq, i2, lam, s, qsig):
     """Postings with lo[t] <= key <= hi[t] (look-ups sorted by lo) that pass the positional check
     of _Segment.search_pairs at bound s (alpha' = alpha - 1 for the pair's later element, position
-    key & 255 in the record, i2[t] in the query); returns query << 32 | record per passing
-    posting. lo[t] and hi[t] share the pair hash, their top bits. A range starts in the directory
+    key & 255 in the record, i2[t] in the query) and the signature check (sig[p], the record's
+    token signature, and qsig of the query leave an overlap >= alpha); returns query << 32 |
+    record per passing posting. lo[t] and hi[t] share the pair hash, their top bits. A range starts in the directory
     run d[lo >> shift] (a few postings), whose bit mask (directory) tells most empty ranges apart
     without reading the postings; the run's start is prefetched _AHEAD look-ups ahead and its
     directory entry twice as far, so the cache misses of successive look-ups overlap (at a 200k
@@ -43,6 +45,7 @@ def pair_search(key, rid, d, shift, lo, hi, rq, i2, lam, s):
             y = d[lo[t + _AHEAD] >> shift] & 0xFFFFFFFF
             prefetch(key, y)
             prefetch(rid, y)
+            prefetch(sig, y)
         x = lo[t]
         if not _may_hold(d, x, shift):  # no key of the run shares x's next hash bits: empty range
             continue
@@ -50,10 +53,15 @@ def pair_search(key, rid, d, shift, lo, hi, rq, i2, lam, s):
         p = _lower_bound(key, d[b] & 0xFFFFFFFF, d[b + 1] & 0xFFFFFFFF, x)
         if p < nk and key[p] <= hi[t]:
             q, la, i = rq[t], lam[t], i2[t]
+            sq = qsig[q]
+            pq = _popcount(sq)
             while p < nk and key[p] <= hi[t]:
                 lb = (key[p] >> 8) & 0xFFFF  # the record's length is in its key: no random read
                 al = _alpha(s, la, lb, 1)
-                if (key[p] & 255) <= lb - al and i <= la - al:
+                # the signatures bound the overlap, so the LCS: most postings stop here, before
+                # best_of reads the record's tokens (a random read)
+                if (key[p] & 255) <= lb - al and i <= la - al and \
+                        _popcount(sq & sig[p]) + min(la - pq, lb - _popcount(sig[p])) >= _alpha(s, la, lb, 0):
                     if n == len(out):
                         out = np.concatenate((out, np.empty(n, np.int64)))
                     out[n] = (q << 32) | np.int64(rid[p])
@@ -146,6 +154,37 @@ def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq,
             out[n + k] = (q << 32) | keep[k]
         n += m
     return out[:n]
+
+
+@njit(cache=True)
+def merge_sorted3(ka, kb, va, vb, wa, wb):
+    """merge_sorted with a second value array (the pair postings' records and signatures)."""
+    key, val, w = np.empty(len(ka) + len(kb), ka.dtype), np.empty(len(ka) + len(kb), va.dtype), np.empty(len(ka) + len(kb), wa.dtype)
+    i = j = 0
+    for k in range(len(key)):
+        if j == len(kb) or (i < len(ka) and ka[i] <= kb[j]):
+            key[k], val[k], w[k] = ka[i], va[i], wa[i]
+            i += 1
+        else:
+            key[k], val[k], w[k] = kb[j], vb[j], wb[j]
+            j += 1
+    return key, val, w
+
+
+@njit(cache=True)
+def signatures(codes, off):
+    """64-bit token signature per text codes[off[i]:off[i+1]]: for each token code >= 0, the bit
+    given by the top 6 bits of a multiplicative hash. Tokens sharing a bit c times in a text make
+    its popcount c - 1 short of its length, hence the bound's min(la - |sa|, lb - |sb|)."""
+    out = np.zeros(len(off) - 1, np.uint64)
+    for i in range(len(off) - 1):
+        x = np.uint64(0)
+        for j in range(off[i], off[i + 1]):
+            c = codes[j]
+            if c >= 0:
+                x |= np.uint64(1) << ((np.uint64(c) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(58))
+        out[i] = x
+    return out
 
 
 @njit(cache=True)

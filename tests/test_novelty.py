@@ -342,7 +342,36 @@ def test_merged_segments_equal_a_rebuild(monkeypatch):
     for s in idx._segs:
         fresh = idx._segment(s.lo, s.hi)
         assert (s.key == fresh.key).all() and (s.rid == fresh.rid).all()
-        assert (s.pkey == fresh.pkey).all() and (s.prid == fresh.prid).all()
+        assert (s.pkey == fresh.pkey).all() and (s.prid == fresh.prid).all() and (s.psig == fresh.psig).all()
         assert (s.pdir == fresh.pdir).all() and s.pshift == fresh.pshift
         assert s.maxlen == fresh.maxlen
     assert len(calls) >= 5
+
+
+def test_signature_bound_is_at_least_the_lcs():
+    """The pair search drops a candidate when its token signatures leave too small an overlap:
+    popcount(sa & sb) + min(la - popcount(sa), lb - popcount(sb)) must be >= the LCS for every
+    pair (repeated tokens, unknown tokens (-1), bit collisions), and it must prune (the bound is
+    not vacuous)."""
+    import numpy as np
+
+    from pipelines.lcs_jit import _popcount
+    from pipelines.novelty import _Queries
+    from pipelines.novelty_jit import signatures
+    from rapidfuzz.distance import LCSseq
+    rng = np.random.default_rng(5)
+    for vocab in (4, 60, 5000):  # many repeats, bit collisions, mostly distinct bits
+        lens = rng.integers(0, 40, 400)
+        codes = rng.integers(-1, vocab, lens.sum()).astype(np.int32)
+        Q = _Queries(None, None, lens, codes)
+        assert (Q.sig == signatures(codes, Q.off)).all()
+        below = 0
+        for _ in range(3000):
+            a, b = rng.integers(0, 400, 2)
+            x, y = codes[Q.off[a]:Q.off[a + 1]].tolist(), codes[Q.off[b]:Q.off[b + 1]].tolist()
+            lcs = LCSseq.similarity(x, [c if c >= 0 else -2 for c in y])  # -1 matches nothing
+            sa, sb = np.uint64(Q.sig[a]), np.uint64(Q.sig[b])
+            ub = _popcount(sa & sb) + min(lens[a] - _popcount(sa), lens[b] - _popcount(sb))
+            assert ub >= lcs, (x, y)
+            below += ub < min(lens[a], lens[b])
+        assert vocab == 4 or below > 1000
