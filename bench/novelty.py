@@ -5,21 +5,21 @@
 Per N: the 175 seed tasks form the pool; N generated instructions are streamed through filter_novel
 (threshold 0.7) in the pipeline's default mode (generate.exact_novelty_scores, exact scores:
 "stream-exact"; --stream-bound streams them a second time, on a second index, with lower-bound
-scores: "stream-bound", which doubles the stream time and more), timed in two halves, --stream-repeat
-times on fresh indexes (medians reported; after an untimed warm-up that loads the compiled
-functions): the second half's time per instruction is the marginal cost at a pool of ~N/2..N, index
-upkeep (segment merges) included; then, on the index with all of the stream indexed, --probe new
-candidates are filtered against the pool of that size with lower-bound scores (the cluster
-profile's mode, "probe") and with exact scores ("probe-exact"), each --repeat times on fresh copies
-of the index, the median time reported (a 50k probe takes ~0.1 s, within this box's noise). The
-reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
-`partial(scorer.score, candidate)` over every pool instruction (+ the ones kept before it) and
-drops it if max F > 0.7. It runs on the same candidates
-against the same pool state, in full when that is estimated under 10 minutes, else on candidates
-spread evenly over the batch for --ref-budget seconds, the total extrapolated as mean time per
-sampled candidate x candidates ("~", "sample"). Both probe rows (both stream rows) are compared with
-the same reference run. "differing decisions" must be 0; "differing rows" compares (kept, score,
-most similar): 0 expected in exact mode, while lower-bound kept rows carry a lower-bound score.
+scores: "stream-bound", which doubles the stream time and more; --bound-only streams in that mode
+alone, for pools past 200k), timed in two halves, --stream-repeat times on fresh indexes (medians
+reported; after an untimed warm-up that loads the compiled functions): the second half's time per
+instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment merges) included; then,
+on the index with all of the stream indexed, --probe new candidates are filtered against the pool of
+that size with lower-bound scores (the cluster profile's mode, "probe") and with exact scores
+("probe-exact"), each --repeat times on fresh copies of the index, the median time reported (a 50k
+probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop: per candidate a
+multiprocessing Pool maps `partial(scorer.score, candidate)` over every pool instruction (+ the ones
+kept before it) and drops it if max F > 0.7. It runs on the same candidates against the same pool
+state, in full when that is estimated under 10 minutes, else on candidates spread evenly over the
+batch for --ref-budget seconds, the total extrapolated as mean time per sampled candidate x
+candidates ("~", "sample"). Both probe rows (both stream rows) are compared with the same reference
+run. "differing decisions" must be 0; "differing rows" compares (kept, score, most similar): 0
+expected in exact mode, while lower-bound kept rows carry a lower-bound score.
 
 The last line is the verdict: the speed-up at N=50000 against the 1000x target, the growth of the
 per-instruction cost from N=50000 to 200000 against log growth (log 200000 / log 50000 = 1.128),
@@ -259,6 +259,9 @@ def main():
     ap.add_argument("--ref-budget", type=float, default=120.0, help="reference seconds per sampled measurement")
     ap.add_argument("--stream-bound", action="store_true",
                     help="also stream with lower-bound scores (the pipeline default is exact scores)")
+    ap.add_argument("--bound-only", action="store_true",
+                    help="stream with lower-bound scores only (for pools past 200k, where the exact stream "
+                         "takes tens of minutes); the probes still run in both modes")
     a = ap.parse_args()
     seeds, corpus = seeds_and_corpus()
     if not (DATA / "seed_tasks.jsonl").exists() and not a.allow_fallback:
@@ -269,12 +272,15 @@ def main():
           f"reference: rouge-score + multiprocessing Pool({a.workers}) (created once); {os.cpu_count()} CPUs")
     warm_up(seeds, corpus, a.threshold)
     rows, marginal = [], {}  # marginal: (N, stream) -> seconds per instruction over its second half
+    modes = [PIPELINE_EXACT] + ([False] if a.stream_bound and PIPELINE_EXACT else [])
+    modes = [False] if a.bound_only else modes
+    label = f"{_mode(modes[0])} scores" + (", the pipeline default" if modes[0] == PIPELINE_EXACT else "")
     with mp.get_context("fork").Pool(a.workers) as workers:
         for n in a.sizes:
             gen = Generator(corpus, seed=n)
             stream, probe = gen.make(n), gen.make(a.probe)
             streams, indexes = [], []  # (name, results, seconds) and index per mode: the pipeline's first
-            for exact in [PIPELINE_EXACT] + ([False] if a.stream_bound and PIPELINE_EXACT else []):
+            for exact in modes:
                 idx, res, whole, half2 = timed_stream(seeds, stream, exact, a.threshold, a.stream_repeat)
                 indexes.append(idx)
                 streams.append((f"stream-{_mode(exact)}", res, whole))
@@ -286,7 +292,7 @@ def main():
             print(f"N={n}: probe seconds per repeat {reps_p}, probe-exact {reps_x} (median used)", flush=True)
             mem = index_bytes(idx) / len(idx)
             res, t_stream = streams[0][1], streams[0][2]
-            print(f"\nN={n}: stream ({_mode(PIPELINE_EXACT)} scores, the pipeline default) kept "
+            print(f"\nN={n}: stream ({label}) kept "
                   f"{sum(k for k, _, _ in res)}/{n} in {t_stream:.1f}s; pool {len(pool)}, "
                   f"vocabulary {len(idx._ids)} elements, {len(idx._segs)} segments, ~{mem:.0f} bytes/instruction "
                   f"(index arrays + token codes, texts excluded)", flush=True)
