@@ -24,15 +24,15 @@ _AHEAD = 8  # look-ups whose postings are prefetched ahead
 
 @njit(cache=True)
 def pair_search(key, rid, sig, d, shift, lo, hi, rq, i2, lam, s, qsig):
-    """Postings with lo[t] <= key <= hi[t] (look-ups sorted by lo) that pass the positional check
-    of _Segment.search_pairs at bound s (alpha' = alpha - 1 for the pair's later element, position
-    key & 255 in the record, i2[t] in the query) and the signature check (sig[p], the record's
-    token signature, and qsig of the query leave an overlap >= alpha); returns query << 32 |
-    record per passing posting. lo[t] and hi[t] share the pair hash, their top bits. A range starts in the directory
-    run d[lo >> shift] (a few postings), whose bit mask (directory) tells most empty ranges apart
-    without reading the postings; the run's start is prefetched _AHEAD look-ups ahead and its
-    directory entry twice as far, so the cache misses of successive look-ups overlap (at a 200k
-    pool the postings are ~50 MB). The look-up arrays come sorted and are read in order (read
+    """Postings with lo[t] <= key <= hi[t] (look-ups sorted by lo) that pass the positional check of
+    _Segment.search_pairs at bound s (alpha' = alpha - 1 for the pair's later element, position key
+    & 255 in the record, i2[t] in the query) and the signature check (sig[p], the record's token
+    signature, and qsig of the query leave an overlap >= alpha); returns query << 32 | record per
+    passing posting. lo[t] and hi[t] share the pair hash, their top bits. A range starts in the
+    directory run d[lo >> shift] (a few postings), whose bit mask (directory) tells most empty
+    ranges apart without reading the postings; the run's start is prefetched _AHEAD look-ups ahead
+    and its directory entry twice as far, so the cache misses of successive look-ups overlap (at a
+    200k pool the postings are ~50 MB). The look-up arrays come sorted and are read in order (read
     through a permutation they cost ~10% more)."""
     out = np.empty(max(64, 2 * len(lo)), np.int64)
     n, nk, nl = 0, len(key), len(lo)
@@ -60,8 +60,9 @@ def pair_search(key, rid, sig, d, shift, lo, hi, rq, i2, lam, s, qsig):
                 al = _alpha(s, la, lb, 1)
                 # the signatures bound the overlap, so the LCS: most postings stop here, before
                 # best_of reads the record's tokens (a random read)
+                sr = sig[p]
                 if (key[p] & 255) <= lb - al and i <= la - al and \
-                        _popcount(sq & sig[p]) + min(la - pq, lb - _popcount(sig[p])) >= _alpha(s, la, lb, 0):
+                        _popcount(sq & sr) + min(la - pq, lb - _popcount(sr)) >= _alpha(s, la, lb, 0):
                     if n == len(out):
                         out = np.concatenate((out, np.empty(n, np.int64)))
                     out[n] = (q << 32) | np.int64(rid[p])
@@ -157,25 +158,11 @@ def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq,
 
 
 @njit(cache=True)
-def merge_sorted3(ka, kb, va, vb, wa, wb):
-    """merge_sorted with a second value array (the pair postings' records and signatures)."""
-    key, val, w = np.empty(len(ka) + len(kb), ka.dtype), np.empty(len(ka) + len(kb), va.dtype), np.empty(len(ka) + len(kb), wa.dtype)
-    i = j = 0
-    for k in range(len(key)):
-        if j == len(kb) or (i < len(ka) and ka[i] <= kb[j]):
-            key[k], val[k], w[k] = ka[i], va[i], wa[i]
-            i += 1
-        else:
-            key[k], val[k], w[k] = kb[j], vb[j], wb[j]
-            j += 1
-    return key, val, w
-
-
-@njit(cache=True)
 def signatures(codes, off):
     """64-bit token signature per text codes[off[i]:off[i+1]]: for each token code >= 0, the bit
-    given by the top 6 bits of a multiplicative hash. Tokens sharing a bit c times in a text make
-    its popcount c - 1 short of its length, hence the bound's min(la - |sa|, lb - |sb|)."""
+    given by the top 6 bits of a multiplicative hash. c tokens of a text on one bit set it once,
+    so its popcount falls short of its length by the repeats: hence the bound's
+    min(la - |sa|, lb - |sb|) on top of popcount(sa & sb)."""
     out = np.zeros(len(off) - 1, np.uint64)
     for i in range(len(off) - 1):
         x = np.uint64(0)
@@ -201,6 +188,22 @@ def merge_sorted(ka, kb, va, vb):
             key[k], val[k] = kb[j], vb[j]
             j += 1
     return key, val
+
+
+@njit(cache=True)
+def merge_sorted3(ka, kb, va, vb, wa, wb):
+    """merge_sorted with a second value array (the pair postings' records and signatures)."""
+    n = len(ka) + len(kb)
+    key, val, w = np.empty(n, ka.dtype), np.empty(n, va.dtype), np.empty(n, wa.dtype)
+    i = j = 0
+    for k in range(len(key)):
+        if j == len(kb) or (i < len(ka) and ka[i] <= kb[j]):
+            key[k], val[k], w[k] = ka[i], va[i], wa[i]
+            i += 1
+        else:
+            key[k], val[k], w[k] = kb[j], vb[j], wb[j]
+            j += 1
+    return key, val, w
 
 
 @njit(cache=True)
