@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,6 +123,7 @@ def head_node():
         log.close()
         leftover = _pids_using(temp_dir)
         assert not leftover, f"head node processes survived teardown: {leftover}"
+        shutil.rmtree(temp_dir, ignore_errors=True)  # kept above when teardown fails: its logs
 
 
 def test_ray_job_submit_runs_the_flan_demo(head_node, tmp_path):
