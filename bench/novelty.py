@@ -3,16 +3,18 @@
     python bench/novelty.py --sizes 10000 50000 200000
 
 Per N: the 175 seed tasks form the pool; N generated instructions are streamed through filter_novel
-(threshold 0.7) in the pipeline's default mode (generate.exact_novelty_scores, exact scores:
-"stream-exact"; --stream-bound streams them a second time, on a second index, with lower-bound
-scores: "stream-bound", which doubles the stream time and more; --bound-only streams in that mode
-alone, for pools past 200k), timed in two halves, --stream-repeat times on fresh indexes (medians
-reported; after an untimed warm-up that loads the compiled functions): the second half's time per
-instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment merges) included; then,
-on the index with all of the stream indexed, --probe new candidates are filtered against the pool of
-that size with lower-bound scores (the cluster profile's mode, "probe") and with exact scores
-("probe-exact"), each --repeat times on fresh copies of the index, the median time reported (a 50k
-probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop: per candidate a
+(threshold 0.7), timed in two halves, --stream-repeat times on fresh indexes (medians reported;
+after an untimed warm-up that loads the compiled functions): "stream-bound" is that filter alone,
+the decisions with lower-bound scores on kept rows, the sequential part of a round; "stream-exact"
+adds the pass that makes kept rows' scores exact (NoveltyIndex.best_before at each kept row's
+position, serial here; the pipeline runs it in Ray tasks beside the classification pass, and
+the bench also times it on --workers processes) -- the pipeline's default
+(generate.exact_novelty_scores). --bound-only skips the pass, for pools past 200k. The second
+half's time per instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment
+merges) included; then, on the index with all of the stream indexed, --probe new candidates are
+filtered against the pool of that size ("probe"), and with the exact pass added ("probe-exact"),
+each --repeat times on fresh copies of the index, the median time reported (a 50k probe takes
+~0.1 s, within this box's noise). The reference is Self-Instruct's loop: per candidate a
 multiprocessing Pool maps `partial(scorer.score, candidate)` over every pool instruction (+ the ones
 kept before it) and drops it if max F > 0.7. It runs on the same candidates against the same pool
 state, in full when that is estimated under 10 minutes, else on candidates spread evenly over the
@@ -61,6 +63,7 @@ from pipelines.config import GenerateConfig  # noqa: E402
 from pipelines.novelty import NoveltyIndex, filter_novel  # noqa: E402
 
 PIPELINE_EXACT = GenerateConfig().exact_novelty_scores  # the mode `seedforge run` uses by default
+_SHARED = None  # (index, texts, before) for the forked processes of parallel_pass
 TARGET_SPEEDUP, SMALL_N, LARGE_N = 1000, 50000, 200000
 
 DATA = Path(os.environ.get("SELF_INSTRUCT_DATA", Path(__file__).resolve().parents[2] / "shared/data/self-instruct"))
@@ -257,11 +260,9 @@ def main():
                     help="stream runs (fresh indexes); the medians of the whole stream and of its "
                          "second half are reported")
     ap.add_argument("--ref-budget", type=float, default=120.0, help="reference seconds per sampled measurement")
-    ap.add_argument("--stream-bound", action="store_true",
-                    help="also stream with lower-bound scores (the pipeline default is exact scores)")
     ap.add_argument("--bound-only", action="store_true",
-                    help="stream with lower-bound scores only (for pools past 200k, where the exact stream "
-                         "takes tens of minutes); the probes still run in both modes")
+                    help="skip the exact-score pass over the stream's kept rows (for pools past 200k, where "
+                         "it takes tens of minutes); the probes still run in both modes")
     a = ap.parse_args()
     seeds, corpus = seeds_and_corpus()
     if not (DATA / "seed_tasks.jsonl").exists() and not a.allow_fallback:
@@ -272,20 +273,23 @@ def main():
           f"reference: rouge-score + multiprocessing Pool({a.workers}) (created once); {os.cpu_count()} CPUs")
     warm_up(seeds, corpus, a.threshold)
     rows, marginal = [], {}  # marginal: (N, stream) -> seconds per instruction over its second half
-    modes = [PIPELINE_EXACT] + ([False] if a.stream_bound and PIPELINE_EXACT else [])
-    modes = [False] if a.bound_only else modes
-    label = f"{_mode(modes[0])} scores" + (", the pipeline default" if modes[0] == PIPELINE_EXACT else "")
+    names = ["stream-exact", "stream-bound"] if PIPELINE_EXACT else ["stream-bound", "stream-exact"]
+    names = [x for x in names if not (a.bound_only and x == "stream-exact")]
+    label = f"{names[0]}, the pipeline default" if names[0].endswith(_mode(PIPELINE_EXACT)) else names[0]
     with mp.get_context("fork").Pool(a.workers) as workers:
         for n in a.sizes:
             gen = Generator(corpus, seed=n)
             stream, probe = gen.make(n), gen.make(a.probe)
-            streams, indexes = [], []  # (name, results, seconds) and index per mode: the pipeline's first
-            for exact in modes:
-                idx, res, whole, half2 = timed_stream(seeds, stream, exact, a.threshold, a.stream_repeat)
-                indexes.append(idx)
-                streams.append((f"stream-{_mode(exact)}", res, whole))
-                marginal[n, f"stream-{_mode(exact)}"] = half2 / (n - n // 2)
-            idx = indexes[0]  # the probes start from the pipeline mode's pool (decisions, so pools, are equal)
+            idx, res, secs = timed_stream(seeds, stream, a.threshold, a.stream_repeat, not a.bound_only)
+            streams = [(name, res[name], secs[name][0]) for name in names]
+            for name in names:
+                marginal[n, name] = secs[name][1] / (n - n // 2)
+            if not a.bound_only:
+                kept = [k for k, r in enumerate(res["stream-bound"]) if r[0]]
+                t_par = parallel_pass(idx, [stream[k] for k in kept], [len(seeds) + j for j in range(len(kept))],
+                                      a.workers, res["stream-exact"], kept)
+                print(f"N={n}: the exact pass over the stream's {len(kept)} kept rows: {secs['pass'][0]:.1f}s in one "
+                      f"process, {t_par:.1f}s on {a.workers} processes (same scores)", flush=True)
             pool = list(idx._texts)
             (res_p, t_probe), reps_p = timed_probe(idx, probe, exact=False, repeat=a.repeat)
             (res_x, t_exact), reps_x = timed_probe(idx, probe, exact=True, repeat=a.repeat)
@@ -322,14 +326,27 @@ def main():
     return 0 if same else 1
 
 
-def timed_stream(seeds, stream, exact: bool, threshold: float, repeat: int):
-    """The stream filtered into a fresh index of the seeds, in two halves, `repeat` times (a 50k
-    bound stream takes ~2 s, and one run was seen 25% slow): (the last index, results, median
-    seconds of the whole stream, median seconds of its second half). Every repeat must give the
-    same results."""
+def exact_pass(idx, results, n0, lo=0):
+    """results (filter_novel's, on an index of n0 records before them) with the kept rows from
+    results[lo:] given their exact scores by best_before, as the pipeline's round does."""
+    kept = [k for k, r in enumerate(results) if r[0]]
+    kept = [(k, n0 + j) for j, k in enumerate(kept) if k >= lo]
+    out = list(results)
+    exact = idx.best_before([idx._texts[p] for _, p in kept], [p for _, p in kept])
+    for (k, _), (f, sim) in zip(kept, exact):
+        out[k] = (True, f, sim)
+    return out
+
+
+def timed_stream(seeds, stream, threshold: float, repeat: int, exact: bool):
+    """The stream filtered into a fresh index of the seeds, in two halves, then (exact) the exact
+    pass over each half's kept rows, `repeat` times (a 50k stream takes ~2 s, and one run was seen
+    25% slow): (the last index, {name: results}, {name: (median seconds of the whole stream, of
+    its second half)}) for "stream-bound" (the filter), "pass" and "stream-exact" (filter + pass).
+    Every repeat must give the same results."""
     runs = []
     for _ in range(repeat):
-        idx = NoveltyIndex(threshold, exact_scores=exact)
+        idx = NoveltyIndex(threshold)
         for s in seeds:
             idx.add(s)
         t0 = time.perf_counter()
@@ -338,31 +355,64 @@ def timed_stream(seeds, stream, exact: bool, threshold: float, repeat: int):
         res += filter_novel(idx, stream[len(stream) // 2:])  # equal to one call (tests/test_novelty.py)
         idx._flush()  # the stream's last additions are indexed as part of the stream
         t2 = time.perf_counter()
-        runs.append((res, t2 - t0, t2 - t1))
-    assert all(r == runs[0][0] for r, _, _ in runs), "repeats of one stream gave different results"
-    print(f"  stream-{_mode(exact)} seconds per repeat {[round(w, 2) for _, w, _ in runs]} (median used)", flush=True)
-    return idx, runs[0][0], statistics.median(w for _, w, _ in runs), statistics.median(h for _, _, h in runs)
+        runs.append({"stream-bound": (res, t2 - t0, t2 - t1)})
+        if exact:
+            res1 = exact_pass(idx, res[:len(stream) // 2], len(seeds))
+            t3 = time.perf_counter()
+            res2 = exact_pass(idx, res, len(seeds), lo=len(stream) // 2)[len(stream) // 2:]
+            t4 = time.perf_counter()
+            runs[-1]["pass"] = (None, t4 - t2, t4 - t3)
+            runs[-1]["stream-exact"] = (res1 + res2, t4 - t0, (t4 - t3) + (t2 - t1))
+    for name in runs[0]:
+        assert all(r[name][0] == runs[0][name][0] for r in runs), f"repeats of one stream gave different {name}"
+        print(f"  {name} seconds per repeat {[round(r[name][1], 2) for r in runs]} (median used)", flush=True)
+    med = {name: (statistics.median(r[name][1] for r in runs), statistics.median(r[name][2] for r in runs))
+           for name in runs[0]}
+    return idx, {name: runs[0][name][0] for name in runs[0]}, med
+
+
+def _pass_part(k):
+    idx, texts, before, parts = _SHARED
+    lo, hi = len(texts) * k // parts, len(texts) * (k + 1) // parts
+    return idx.best_before(texts[lo:hi], before[lo:hi])
+
+
+def parallel_pass(idx, texts, before, workers: int, expected, kept) -> float:
+    """Wall seconds of the exact pass split over `workers` forked processes (each reads the
+    index: the pipeline's Ray tasks, without Ray), pool start-up included; checks its scores."""
+    global _SHARED
+    _SHARED = (idx, texts, before, workers)
+    t0 = time.perf_counter()
+    with mp.get_context("fork").Pool(workers) as pool:
+        got = [x for part in pool.map(_pass_part, range(workers)) for x in part]
+    t = time.perf_counter() - t0
+    _SHARED = None
+    assert got == [expected[k][1:] for k in kept], "the parallel exact pass gave other scores"
+    return t
 
 
 def warm_up(seeds, corpus, threshold: float):
-    """Filter a small stream in both modes once, untimed: the first call in a process loads the
-    compiled (numba) functions from their cache, a one-off cost that would land in the first
-    stream's time."""
+    """Filter a small stream and run the exact pass once, untimed: the first call in a process
+    loads the compiled (numba) functions from their cache, a one-off cost that would land in the
+    first stream's time."""
     small = Generator(corpus, seed=-1).make(5000)
-    for exact in (True, False):
-        filter_novel(NoveltyIndex(threshold, exact_scores=exact), seeds + small)
+    idx = NoveltyIndex(threshold)
+    exact_pass(idx, filter_novel(idx, seeds + small), 0)
 
 
 def timed_probe(idx, probe, exact: bool, repeat: int):
-    """((results, median seconds), all seconds): filter_novel of the probe on `repeat` fresh copies
-    of the index (one probe at 50k takes ~0.1 s: a single run is at the mercy of this box's noise).
-    Every repeat must give the same results."""
+    """((results, median seconds), all seconds): filter_novel of the probe (and with exact, the
+    exact pass over its kept rows) on `repeat` fresh copies of the index (one probe at 50k takes
+    ~0.1 s: a single run is at the mercy of this box's noise). Every repeat must give the same
+    results."""
     runs = []
     for _ in range(repeat):
         c = copy.deepcopy(idx)
-        c.exact_scores = exact
         t0 = time.perf_counter()
+        n0 = len(c)
         res = filter_novel(c, probe)
+        if exact:
+            res = exact_pass(c, res, n0)
         runs.append((res, time.perf_counter() - t0))
     assert all(r == runs[0][0] for r, _ in runs), "repeats of one probe gave different results"
     secs = sorted(t for _, t in runs)

@@ -22,13 +22,16 @@ t-th shared element sits at position <= |A|-alpha+t-1 in A and <= |B|-alpha+t-1 
 Both searches are compiled loops (pipelines/novelty_jit.py); their hits are verified in one
 compiled pass (pipelines/lcs_jit.py: a bit-parallel LCS). Bounds keep a 1e-9 slack (float F vs
 2L/(la+lb)).
-Scores: dropped rows always get the exact max (all F > threshold are found). Kept rows get the exact
-max with exact_scores=True (search at the threshold, then at the best found, stepping down only when
-nothing was found: cost grows with the pool) and by default the best over the pool instructions that
-share two rare-prefix words at the threshold bound and whose signatures allow F >= it (often none:
-0.0 and ""): a lower bound that depends only on the two texts and the first _FREEZE pool
-instructions (the element order is frozen from their frequencies; scores before that are exact),
-so results do not depend on batching. best() is always exact.
+Scores: dropped rows always get the exact max (all F > threshold are found). Kept rows get, from
+filter_novel, the best over the pool instructions that share two rare-prefix words at the threshold
+bound and whose signatures allow F >= it (often none: 0.0 and ""): a lower bound that depends only
+on the two texts and the first _FREEZE pool instructions (the element order is frozen from their
+frequencies; scores before that are exact), so results do not depend on batching.
+Exact kept scores are a separate pass, best_before (search at the threshold, then at the best
+found, stepping down only when nothing was found): its cost per row grows about linearly with the
+pool (every record sharing enough mid-frequency words with a row at F ~ 0.5 is a candidate), so it
+is kept off the decisions, which are sequential; it only reads the index, so copies of it score
+batches of kept rows in parallel. best() is always exact.
 Storage: numpy arrays (elements, token codes, postings) plus the text per record, in static
 segments merged like a binary counter (O(log N) segments; a merge is a linear merge of the two
 segments' sorted postings, nothing is rebuilt).
@@ -44,7 +47,7 @@ from pipelines.lcs_jit import best_of, lcs_pairs
 from pipelines.novelty_jit import directory, element_search, merge_sorted, merge_sorted3, pair_search, signatures
 from pipelines.rouge import fmeasure_vec, rouge_l, tokenize
 
-__all__ = ["NoveltyIndex", "filter_novel", "rouge_l"]
+__all__ = ["NoveltyIndex", "filter_novel", "kept_score_is_exact", "rouge_l"]
 
 _EPS = 1e-9
 _LADDER = (0.5, 0.3, 0.15, 0.0)  # exact search: bounds tried when nothing was found
@@ -179,6 +182,13 @@ class _Segment:
             s._directory()
         return s
 
+    def __getstate__(self):  # cnt is scratch: a copy gets its own (writable) one, see __setstate__
+        return {k: v for k, v in self.__dict__.items() if k != "cnt"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.cnt = np.zeros(self.hi - self.lo, np.int32)
+
     def _directory(self):
         """Where each run of pair keys with the same top bits starts (~8 postings a run; keys are
         hashes, so the runs are even), and which values of the next 5 bits the run holds:
@@ -291,8 +301,8 @@ class NoveltyIndex:
     """Pool of instructions for ROUGE-L novelty checks (see the module docstring).
     threshold is fixed at construction (the pair index is built for it)."""
 
-    def __init__(self, threshold: float = 0.7, exact_scores: bool = False):
-        self.threshold, self.exact_scores = float(threshold), exact_scores
+    def __init__(self, threshold: float = 0.7):
+        self.threshold = float(threshold)
         self._bound = min(max(self.threshold, 0.0), 1.0)
         self._ids: dict[str, int] = {}  # token, or "token k" for its k-th occurrence -> element id
         self._h = _Grow(np.int64)       # content hash per element
@@ -325,7 +335,8 @@ class NoveltyIndex:
                 e = e if c == 1 else ids.get(t)  # a token's code is its first element's id
                 codes.append(-1 if e is None else e)
             la.append(len(toks))
-        self._h.extend(new)
+        if new:  # (a copy of the index in a Ray task has read-only arrays and grows nothing)
+            self._h.extend(new)
         return _Queries(np.array(els, np.int64), np.array(qid, np.int64), np.array(la, np.int64),
                         np.array(codes, np.int32))
 
@@ -370,9 +381,10 @@ class NoveltyIndex:
         prow = _PairNeedles(_pairs(rows[2], start, npos, sg * (la + 1) <= 2), la, sg, q.sig)
         return prow, _ElemNeedles(rows, la, np.full(len(la), sg), 1, lbfloor=_LMAX + 1)
 
-    def _pool_best(self, q: _Queries, exact: bool, needles=None):
-        """(best F, record) per query vs the pool: exact, or the default lower bound (module doc;
-        needles: _bound_needles(q), which filter_novel makes once per chunk)."""
+    def _pool_best(self, q: _Queries, exact: bool, needles=None, before=None):
+        """(best F, record) per query vs the pool: exact against records [0, before) (default: all),
+        or the default lower bound (module doc; needles: _bound_needles(q), which filter_novel makes
+        once per chunk)."""
         self._flush()
         nq, n, L = len(q.la), len(self), self._len.view()
         pool = _Queries(None, None, L, self._codes.view(), self._off.view())
@@ -383,9 +395,11 @@ class NoveltyIndex:
             self._best_of(np.concatenate([np.zeros(0, np.int64)] + [s.candidates_raw(prow, erow, L)
                                                                      for s in self._segs]), q, pool, best, arg)
             return best, arg
+        before = np.full(nq, n, np.int64) if before is None else np.minimum(before, n)
+        arg[before <= 0] = -1
         orders = {id(s.order): s.order for s in self._segs}  # one before the freeze: several
         rows = {k: o.positions(q.els, q.qid, nq) for k, o in orders.items()}
-        bound, active, k1 = np.full(nq, self._bound), (q.la > 0) & (n > 0), 0
+        bound, active, k1 = np.full(nq, self._bound), (q.la > 0) & (before > 0), 0
         while active.any():  # k1 = 0 first: every prefix pair verified, a high lower bound early
             sig = np.maximum(bound - _EPS, 0.0)
             ens = {}
@@ -393,7 +407,12 @@ class NoveltyIndex:
                 m = active[rq]
                 ens[k] = _ElemNeedles((rq[m], ri[m], re_[m]), q.la, sig, k1)
             for s in self._segs:  # in record order: on equal F the earlier record stays
+                if s.lo >= before[active].max():
+                    break
                 qq, rr = s.search(ens[id(s.order)], L)
+                if s.hi > before.min():
+                    m = rr < before[qq]
+                    qq, rr = qq[m], rr[m]
                 self._best_of((qq << 32) | rr, q, pool, best, arg)
             done = (best >= bound) | (bound <= 0)
             step = np.array([next((x for x in _LADDER if x < b), 0.0) for b in bound])
@@ -413,10 +432,23 @@ class NoveltyIndex:
 
     def best(self, text: str) -> tuple[float, str]:
         """(max ROUGE-L F vs pool, most similar pool text), exact; (0.0, "") for an empty pool."""
-        if not len(self):
-            return 0.0, ""
-        f, a = self._pool_best(self._encode([text], grow=False), exact=True)
-        return float(f[0]), self._texts[a[0]]
+        return self.best_before([text], [len(self)])[0]
+
+    def best_before(self, texts: list[str], before) -> list[tuple[float, str]]:
+        """Exact (max ROUGE-L F, most similar text) of each text against the pool records before
+        position before[i] ((0.0, "") when that is 0). For a kept row, its own position: the score
+        filter_novel would give it with exact scores, which its decision does not need (module doc).
+        Reads the index only, so copies of it can score batches in parallel (pipelines/self_instruct)."""
+        if not len(texts):
+            return []
+        f, a = self._pool_best(self._encode(texts, grow=False), True, before=np.asarray(before, np.int64))
+        return [(float(x), self._texts[k] if k >= 0 else "") for x, k in zip(f.tolist(), a.tolist())]
+
+
+def kept_score_is_exact(position: int) -> bool:
+    """Whether filter_novel's score of a row kept at this pool position is the exact best (it is
+    while the pool before it is under _FREEZE records; else a lower bound, see best_before)."""
+    return position < _FREEZE
 
 
 def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
@@ -424,10 +456,11 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
     """In the given order (or sorted by `keys`, e.g. ids, so Ray batching does not matter): keep iff
     best score <= threshold against pool + already kept candidates; kept ones are added to the
     index. Returns (kept, score, most_similar) per candidate, aligned with `candidates`.
-    Decisions are exact. Scores are exact for dropped rows; for kept rows with exact_scores=True
-    or while the pool is under _FREEZE records, else the lower bound of the module docstring
-    (most_similar "" and 0.0 when no instruction shares two rare words). With max_keep, filtering
-    stops once that many are kept: later candidates get None and are not added to the index."""
+    Decisions are exact. Scores are exact for dropped rows; for kept rows while the pool is under
+    _FREEZE records, else the lower bound of the module docstring (most_similar "" and 0.0 when no
+    instruction shares two rare words; NoveltyIndex.best_before gives the exact ones). With
+    max_keep, filtering stops once that many are kept: later candidates get None and are not added
+    to the index."""
     order = sorted(range(len(candidates)), key=lambda k: keys[k]) if keys is not None else range(len(candidates))
     out: list = [None] * len(candidates)
     c0, nkept = 0, 0
@@ -437,7 +470,7 @@ def filter_novel(index: NoveltyIndex, candidates: list[str], keys=None,
         c0 += len(pos)
         texts = [candidates[k] for k in pos]
         nc, q = len(texts), index._encode(texts, grow=True)
-        exact = index.exact_scores or n0 < _FREEZE
+        exact = n0 < _FREEZE
         needles = None
         if not exact:
             index._flush()  # the freeze, if due, comes before the look-ups are made in its order

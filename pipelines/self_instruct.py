@@ -25,9 +25,34 @@ from pipelines import io, schema
 from pipelines import self_instruct_prompts as P
 from pipelines.config import GenerateConfig
 from pipelines.llm import request, sampling_json
-from pipelines.novelty import NoveltyIndex, filter_novel
+from pipelines.novelty import NoveltyIndex, filter_novel, kept_score_is_exact
 
 METHOD = "self_instruct"
+SCORE_BATCH = 4096  # kept rows per exact-score task: ~10 s of work at a 1M pool, vs ~1 s to load it
+
+
+def exact_scores(index: NoveltyIndex, texts: list[str], before: list[int]) -> list[tuple[float, str]]:
+    """The exact (ROUGE-L, most similar) of kept instructions against the pool before each
+    (NoveltyIndex.best_before). A plain function: Ray runs it as a task (below)."""
+    return index.best_before(texts, before)
+
+
+def exact_scores_async(index: NoveltyIndex, texts: list[str], before: list[int], cpus: float = 1):
+    """exact_scores beside the round's engine passes: Ray tasks over batches of SCORE_BATCH rows,
+    all reading one object-store copy of the index (flushed first, so tasks only read it); in
+    this process when Ray is not running (unit tests with a fake engine). Returns a function that
+    waits for the scores, in order. The decisions never wait for this: its cost per row grows
+    with the pool (pipelines/novelty.py), theirs does not."""
+    import ray
+
+    if not texts or not ray.is_initialized():
+        out = exact_scores(index, texts, before)
+        return lambda: out
+    index._flush()
+    ref, task = ray.put(index), ray.remote(num_cpus=cpus)(exact_scores)
+    refs = [task.remote(ref, texts[i:i + SCORE_BATCH], before[i:i + SCORE_BATCH])
+            for i in range(0, len(texts), SCORE_BATCH)]
+    return lambda: [x for r in ray.get(refs) for x in r]
 
 
 def _seed_int(*parts) -> int:
@@ -48,7 +73,7 @@ class SelfInstruct:
         self.seeds, self.engine, self.cfg, self.model, self.seed, self.log = seeds, engine, cfg, model_name, seed, log
         self.on_commit = on_commit
         self.dir = Path(run_dir) / "stages" / METHOD
-        self.index = NoveltyIndex(cfg.rouge_threshold, exact_scores=cfg.exact_novelty_scores)
+        self.index = NoveltyIndex(cfg.rouge_threshold)
         for s in seeds:
             self.index.add(s["instruction"])
         self.machine: list[dict] = []  # pool entries: id, instruction, round
@@ -155,7 +180,7 @@ class SelfInstruct:
         outs, bad = _engine_rejects(self.engine.generate(self._prompts(r)), "self_instruct/instructions")
         rejected += bad
         cands = sorted(self._candidates(outs, r, rejected), key=lambda c: c["id"])  # order independent of Ray
-        room = self.cfg.target_instructions - len(self.machine)
+        room, n0 = self.cfg.target_instructions - len(self.machine), len(self.index)
         accepted = []
         # past the target, filter_novel stops: those candidates are neither scored nor pooled
         decisions = filter_novel(self.index, [c["instruction"] for c in cands], max_keep=room)
@@ -171,7 +196,17 @@ class SelfInstruct:
                 accepted.append(c)
         for c in accepted:  # the pool id of an instruction is its content hash
             c["id"] = schema.make_id(METHOD, "instruction", c["instruction"])
+        # kept rows' exact scores, computed while the engines classify, where the filter gave a
+        # lower bound (a kept row's pool position is n0 + its rank)
+        late = [k for k in range(len(accepted)) if not kept_score_is_exact(n0 + k)] if self.cfg.exact_novelty_scores else []
+        scores = exact_scores_async(self.index, [accepted[k]["instruction"] for k in late], [n0 + k for k in late])
         flags, failures = self._classify(accepted, rejected) if accepted else ({}, 0)
+        for k, (score, similar) in zip(late, scores()):
+            accepted[k].update(rouge_l=score, most_similar=similar)
+        by_id = {c["id"]: c for c in accepted}
+        for x in rejected:  # rows the classification rejected were copied before the scores came
+            if x["stage"] == "self_instruct/classify":
+                x.update(rouge_l=by_id[x["id"]]["rouge_l"], most_similar=by_id[x["id"]]["most_similar"])
         for c in accepted:  # no flag (engine error): stays in the pool, see the module docstring
             c["is_classification"] = flags.get(c["id"])
         flagged = [c for c in accepted if c["id"] in flags]

@@ -146,6 +146,17 @@ def test_best_equals_exhaustive_while_pool_grows(freeze, monkeypatch):
     assert idx._frozen == (freeze < len(pool))
 
 
+def exact_kept(idx, n0, got):
+    """got (filter_novel's results on an index of n0 records) with every kept row's score and
+    most similar text from best_before at the row's own position: the pipeline's exact scores."""
+    kept = [k for k, g in enumerate(got) if g and g[0]]
+    exact = idx.best_before([idx._texts[n0 + j] for j in range(len(kept))], [n0 + j for j in range(len(kept))])
+    out = list(got)
+    for k, (f, sim) in zip(kept, exact):
+        out[k] = (True, f, sim)
+    return out
+
+
 def check_against_brute_force(got, expected, cands, exact):
     """Decisions always equal; scores equal where exact (and for every dropped row); otherwise a
     kept row's score is a real score of its most similar text and <= the exact best."""
@@ -174,10 +185,12 @@ def test_filter_novel_equals_brute_force(thr, exact, monkeypatch):
     results = []
     for chunk in (1024, 37):  # one chunk, and many chunks (pool search + in-chunk self-join)
         monkeypatch.setattr(novelty, "_CHUNK", chunk)
-        idx = NoveltyIndex(threshold=thr, exact_scores=exact)
+        idx = NoveltyIndex(threshold=thr)
         for p in pool:
             idx.add(p)
         results.append(filter_novel(idx, cands))
+        if exact:
+            results[-1] = exact_kept(idx, len(pool), results[-1])
         check_against_brute_force(results[-1], expected, cands, exact)
         assert len(idx) == len(pool) + kept
         assert not any(s.cnt.any() for s in idx._segs)  # element_search's counts reset for the next query
@@ -216,10 +229,37 @@ def test_extreme_thresholds(thr, monkeypatch):
     pool, cands = paraphrases(25, seed=40), paraphrases(120, seed=41)[40:] + TRICKY[:12]
     expected = brute_force(pool, cands, thr)
     for exact in (True, False):
-        idx = NoveltyIndex(thr, exact_scores=exact)
+        idx = NoveltyIndex(thr)
         for p in pool:
             idx.add(p)
-        check_against_brute_force(filter_novel(idx, cands), expected, cands, exact)
+        got = filter_novel(idx, cands)
+        check_against_brute_force(exact_kept(idx, len(pool), got) if exact else got, expected, cands, exact)
+
+
+@pytest.mark.parametrize("freeze", [10**9, 30])
+def test_best_before_equals_exhaustive_over_each_prefix(freeze, monkeypatch):
+    """best_before(texts, before) against rouge-score over the first before[i] pool records, for
+    positions across segments and inside them, 0, past the end, and texts the pool has not seen."""
+    monkeypatch.setattr(novelty, "_FREEZE", freeze)
+    monkeypatch.setattr(novelty, "_LMAX", 12)
+    rng = random.Random(7)
+    pool = paraphrases(300, seed=8) + TRICKY
+    idx = NoveltyIndex()
+    for k, t in enumerate(pool):
+        if k in (200, 290):
+            idx.best("flush")  # index what is there: the pool ends up in several segments
+        idx.add(t)
+    idx.best("flush")
+    assert len(idx._segs) >= 3
+    texts = [rng.choice(pool) for _ in range(60)] + paraphrases(40, seed=9) + ["zz qq unseen words", ""]
+    before = [rng.choice([0, 1, 2, 37, 150, 299, len(pool), len(pool) + 5, rng.randrange(len(pool))]) for _ in texts]
+    got = idx.best_before(texts, before)
+    for t, b, g in zip(texts, before, got):
+        prefix = pool[:b]
+        scores = [ref(t, p) for p in prefix]
+        assert g == ((max(scores), prefix[scores.index(max(scores))]) if prefix else (0.0, "")), (t, b)
+    assert sum(0 < g[0] < 1 for g in got) > 20 and any(g[0] == 1.0 for g in got)  # the data spreads
+    assert idx.best_before([], []) == []
 
 
 def test_empty_pool_and_empty_candidates():
@@ -376,3 +416,23 @@ def test_signature_bound_is_at_least_the_lcs():
             assert ub >= lcs, (x, y)
             below += ub < min(lens[a], lens[b])
         assert vocab == 4 or below > 1000
+
+
+def test_exact_scores_in_ray_tasks_equal_local(ray_session, monkeypatch):
+    """The pipeline's exact kept-row scores as Ray tasks (self_instruct.exact_scores_async: one
+    object-store copy of the index, read-only in the workers) equal best_before in this process."""
+    from pipelines import self_instruct
+
+    monkeypatch.setattr(self_instruct, "SCORE_BATCH", 70)  # several tasks
+    idx = NoveltyIndex()
+    for k, t in enumerate(paraphrases(3000, seed=50)):
+        if k in (2100, 2700):
+            idx.best("flush")  # past _FREEZE: frozen order, pair postings, several segments
+        idx.add(t)
+    n = len(idx)
+    assert idx._frozen and len(idx._segs) >= 2
+    texts = [idx._texts[k] for k in range(n - 300, n)] + paraphrases(20, seed=51)
+    before = list(range(n - 300, n)) + [n] * 20
+    got = self_instruct.exact_scores_async(idx, texts, before)()
+    assert got == idx.best_before(texts, before)
+    assert len(got) == 320 and sum(0.3 < f < 1 for f, _ in got) > 100

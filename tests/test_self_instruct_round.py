@@ -173,6 +173,35 @@ def test_resume_after_committed_round(tmp_path):
     assert {r["id"] for r in first[0]} <= {r["id"] for r in rows}
 
 
+def test_kept_rows_get_exact_scores_past_the_freeze(tmp_path, monkeypatch):
+    """Past novelty._FREEZE the filter gives kept rows a lower bound; with exact_novelty_scores the
+    round replaces it with the exact best over the pool before each row (seeds, then the pool in
+    commit order): on the instruction, its instance rows and its classify-error rejects."""
+    from pipelines import novelty
+    from pipelines.rouge import rouge_l
+
+    monkeypatch.setattr(novelty, "_FREEZE", 10)
+    got = {}
+    for exact in (True, False):
+        si = SelfInstruct(SEEDS, Fake(classify_error="boom"), cfg(prompts_per_round=6, exact_novelty_scores=exact),
+                          "fake", str(tmp_path / str(exact)), log=lambda *_: None)
+        rows, rejected, _ = si.run()
+        got[exact] = si.machine, rows, [x for x in rejected if x["stage"] == "self_instruct/classify"]
+    machine, rows, errors = got[True]
+    pool = [s["instruction"] for s in SEEDS] + [m["instruction"] for m in machine]
+    assert len(machine) == 24 and errors and rows
+    for p, m in enumerate(machine, start=len(SEEDS)):
+        scores = [rouge_l(m["instruction"], x) for x in pool[:p]]
+        assert (m["rouge_l"], m["most_similar"]) == (max(scores), pool[scores.index(max(scores))]), m["instruction"]
+    by_inst = {m["instruction"]: (m["rouge_l"], m["most_similar"]) for m in machine}
+    for x in rows + errors:
+        assert (x["rouge_l"], x["most_similar"]) == by_inst[x["instruction"]]
+    assert {x["instruction"] for x in errors} <= set(by_inst) and len({x["instruction"] for x in rows}) > 1
+    bound = {m["instruction"]: m["rouge_l"] for m in got[False][0]}
+    assert bound.keys() == by_inst.keys()  # the same decisions; lower scores without the pass
+    assert all(bound[t] <= f for t, (f, _) in by_inst.items()) and sum(bound[t] < f for t, (f, _) in by_inst.items()) > 10
+
+
 def test_filter_novel_max_keep_stops_and_leaves_index():
     idx = NoveltyIndex()
     got = filter_novel(idx, ["Write a poem about the sea.", "Write a poem about the sea!", "Name three rivers in Asia.",
