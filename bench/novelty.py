@@ -3,18 +3,18 @@
     python bench/novelty.py --sizes 10000 50000 200000
 
 Per N: the 175 seed tasks form the pool; N generated instructions are streamed through filter_novel
-(threshold 0.7), timed in two halves, --stream-repeat times on fresh indexes (medians reported;
-after an untimed warm-up that loads the compiled functions): "stream-bound" is that filter alone,
-the decisions with lower-bound scores on kept rows, the sequential part of a round; "stream-exact"
-adds the pass that makes kept rows' scores exact (NoveltyIndex.best_before at each kept row's
-position, serial here; the pipeline runs it in Ray tasks beside the classification pass, and
-the bench also times it on --workers processes) -- the pipeline's default
-(generate.exact_novelty_scores). --bound-only skips the pass, for pools past 200k. The second
-half's time per instruction is the marginal cost at a pool of ~N/2..N, index upkeep (segment
-merges) included; then, on the index with all of the stream indexed, --probe new candidates are
-filtered against the pool of that size ("probe"), and with the exact pass added ("probe-exact"),
-each --repeat times on fresh copies of the index, the median time reported (a 50k probe takes
-~0.1 s, within this box's noise). The reference is Self-Instruct's loop: per candidate a
+(threshold 0.7) in --rounds equal rounds, --stream-repeat times on fresh indexes (medians
+reported; after an untimed warm-up that loads the compiled functions). "stream-bound" is the
+filter alone: the decisions, with lower-bound scores on kept rows, the sequential part of a round.
+"stream-exact", the pipeline's default (generate.exact_novelty_scores), adds after each round the
+pass that makes its kept rows' scores exact (NoveltyIndex.best_before at each row's position);
+serial here, while the pipeline runs it in Ray tasks beside the classification pass, so the pass
+over the whole stream is also timed on --workers forked processes. --bound-only skips the pass,
+for pools past 200k. The time per instruction over the last rounds/2 rounds ("second half") is the
+marginal cost at a pool of ~N/2..N, index upkeep (segment merges) included. Then, on the index
+with all of the stream indexed, --probe new candidates are filtered against the pool of that size
+("probe"), and with the exact pass added ("probe-exact"), each --repeat times on fresh copies of
+the index, the median time reported (a 50k probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop: per candidate a
 multiprocessing Pool maps `partial(scorer.score, candidate)` over every pool instruction (+ the ones
 kept before it) and drops it if max F > 0.7. It runs on the same candidates against the same pool
 state, in full when that is estimated under 10 minutes, else on candidates spread evenly over the
@@ -260,6 +260,9 @@ def main():
                     help="stream runs (fresh indexes); the medians of the whole stream and of its "
                          "second half are reported")
     ap.add_argument("--ref-budget", type=float, default=120.0, help="reference seconds per sampled measurement")
+    ap.add_argument("--rounds", type=int, default=8,
+                    help="the stream is filtered in this many rounds (even), each followed by the exact pass over "
+                         "its kept rows, as in the pipeline; the second half is the last rounds/2")
     ap.add_argument("--bound-only", action="store_true",
                     help="skip the exact-score pass over the stream's kept rows (for pools past 200k, where "
                          "it takes tens of minutes); the probes still run in both modes")
@@ -280,7 +283,7 @@ def main():
         for n in a.sizes:
             gen = Generator(corpus, seed=n)
             stream, probe = gen.make(n), gen.make(a.probe)
-            idx, res, secs = timed_stream(seeds, stream, a.threshold, a.stream_repeat, not a.bound_only)
+            idx, res, secs = timed_stream(seeds, stream, a.threshold, a.stream_repeat, not a.bound_only, a.rounds)
             streams = [(name, res[name], secs[name][0]) for name in names]
             for name in names:
                 marginal[n, name] = secs[name][1] / (n - n // 2)
@@ -338,31 +341,36 @@ def exact_pass(idx, results, n0, lo=0):
     return out
 
 
-def timed_stream(seeds, stream, threshold: float, repeat: int, exact: bool):
-    """The stream filtered into a fresh index of the seeds, in two halves, then (exact) the exact
-    pass over each half's kept rows, `repeat` times (a 50k stream takes ~2 s, and one run was seen
-    25% slow): (the last index, {name: results}, {name: (median seconds of the whole stream, of
-    its second half)}) for "stream-bound" (the filter), "pass" and "stream-exact" (filter + pass).
-    Every repeat must give the same results."""
+def timed_stream(seeds, stream, threshold: float, repeat: int, exact: bool, rounds: int):
+    """The stream filtered into a fresh index of the seeds in `rounds` equal rounds, each (exact)
+    followed by the exact pass over its kept rows, as a pipeline round does; `repeat` times (a 50k
+    stream takes ~2 s, and one run was seen 25% slow): (the last index, {name: results}, {name:
+    (median seconds of the whole stream, of its second half)}) for "stream-bound" (the filter),
+    "pass" and "stream-exact" (both). Every repeat must give the same results."""
     runs = []
+    cuts = [len(stream) * k // rounds for k in range(rounds + 1)]
     for _ in range(repeat):
         idx = NoveltyIndex(threshold)
         for s in seeds:
             idx.add(s)
-        t0 = time.perf_counter()
-        res = filter_novel(idx, stream[:len(stream) // 2])
-        t1 = time.perf_counter()
-        res += filter_novel(idx, stream[len(stream) // 2:])  # equal to one call (tests/test_novelty.py)
-        idx._flush()  # the stream's last additions are indexed as part of the stream
-        t2 = time.perf_counter()
-        runs.append({"stream-bound": (res, t2 - t0, t2 - t1)})
-        if exact:
-            res1 = exact_pass(idx, res[:len(stream) // 2], len(seeds))
-            t3 = time.perf_counter()
-            res2 = exact_pass(idx, res, len(seeds), lo=len(stream) // 2)[len(stream) // 2:]
-            t4 = time.perf_counter()
-            runs[-1]["pass"] = (None, t4 - t2, t4 - t3)
-            runs[-1]["stream-exact"] = (res1 + res2, t4 - t0, (t4 - t3) + (t2 - t1))
+        res = {"stream-bound": [], "stream-exact": []}
+        secs = {name: [0.0, 0.0] for name in ("stream-bound", "pass", "stream-exact")}
+        for k in range(rounds):
+            n0, t0 = len(idx), time.perf_counter()
+            got = filter_novel(idx, stream[cuts[k]:cuts[k + 1]])  # equal to one call (tests/test_novelty.py)
+            if k == rounds - 1:
+                idx._flush()  # the stream's last additions are indexed as part of the stream
+            t1 = time.perf_counter()
+            res["stream-bound"] += got
+            parts = {"stream-bound": t1 - t0}
+            if exact:
+                res["stream-exact"] += exact_pass(idx, got, n0)
+                parts["pass"] = time.perf_counter() - t1
+                parts["stream-exact"] = parts["stream-bound"] + parts["pass"]
+            for name, t in parts.items():
+                secs[name][0] += t
+                secs[name][1] += t if 2 * k >= rounds else 0.0
+        runs.append({name: (res.get(name), *secs[name]) for name in secs if name in parts})
     for name in runs[0]:
         assert all(r[name][0] == runs[0][name][0] for r in runs), f"repeats of one stream gave different {name}"
         print(f"  {name} seconds per repeat {[round(r[name][1], 2) for r in runs]} (median used)", flush=True)

@@ -65,8 +65,9 @@ class GenerateConfig(Section):
     num_machine: int = F(2, "Machine instructions shown per prompt (fewer while the pool has fewer).", ge=0)
     rouge_threshold: float = F(0.7, "Drop an instruction whose ROUGE-L F with the pool exceeds this.", ge=0, le=1)
     exact_novelty_scores: bool = F(True, "Store the exact best ROUGE-L and most similar instruction on kept rows "
-                                         "too (decisions are always exact; false makes the filter ~9x faster over 200k "
-                                         "instructions, kept rows then carry a lower bound).")
+                                         "too: computed in Ray tasks beside the classification pass, not by the filter, "
+                                         "whose decisions are always exact and never wait for it (its CPU cost per row "
+                                         "grows with the pool; false: kept rows carry the filter's lower bound).")
     max_instances_per_task: int = F(5, "Most instances kept per instruction; instance generation stops at "
                                        "\"Example {this + 1}\".", ge=1)
     use_structured_output: bool = F(True, "Answer the classification question with a Yes/No choice via vLLM structured "

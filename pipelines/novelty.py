@@ -200,14 +200,16 @@ class _Segment:
         self.pshift = 63 - bits
         self.pdir = directory(self.pkey, self.pshift, 2 ** bits)
 
-    def search(self, en: "_ElemNeedles", L):
+    def search(self, en: "_ElemNeedles", L, before=None):
         """(query, record) candidates, sorted: records sharing >= min(k1+1, alpha) elements with
-        the query inside both prefixes extended by k1, among the look-ups' partner lengths."""
+        the query inside both prefixes extended by k1, among the look-ups' partner lengths, and
+        before before[query] (default: all)."""
         lbhi = np.minimum(en.lbhi, self.maxlen)  # lbhi is monotone in the cap
         jmax = np.minimum(lbhi - _alpha(en.sg, en.lam, lbhi, en.k1), 255)  # lb - alpha'(lb) grows with lb
         ok = np.flatnonzero((lbhi >= en.lbmin) & (jmax >= 0))
         pk = element_search(self.key, self.rid, en.rq[ok], en.re[ok], en.sg[ok], en.lam[ok], en.lbmin[ok],
-                            lbhi[ok], jmax[ok], en.k1, en.sig, en.la, L, self.cnt, self.lo)
+                            lbhi[ok], jmax[ok], en.k1, en.sig, en.la, L, self.cnt, self.lo,
+                            np.full(len(en.la), self.hi, np.int64) if before is None else before)
         return pk >> 32, pk & 0xFFFFFFFF
 
     def search_pairs(self, pn: "_PairNeedles"):
@@ -317,6 +319,10 @@ class NoveltyIndex:
     def __len__(self) -> int:
         return len(self._texts)
 
+    def __getstate__(self):  # a copy (a Ray task's) gets every record indexed: it only reads
+        self._flush()
+        return self.__dict__
+
     def _encode(self, texts, grow: bool) -> _Queries:
         ids, els, qid, la, codes, new = self._ids, [], [], [], [], []
         for k, text in enumerate(texts):
@@ -409,10 +415,7 @@ class NoveltyIndex:
             for s in self._segs:  # in record order: on equal F the earlier record stays
                 if s.lo >= before[active].max():
                     break
-                qq, rr = s.search(ens[id(s.order)], L)
-                if s.hi > before.min():
-                    m = rr < before[qq]
-                    qq, rr = qq[m], rr[m]
+                qq, rr = s.search(ens[id(s.order)], L, before)
                 self._best_of((qq << 32) | rr, q, pool, best, arg)
             done = (best >= bound) | (bound <= 0)
             step = np.array([next((x for x in _LADDER if x < b), 0.0) for b in bound])

@@ -108,16 +108,18 @@ def _lower_bound(key, a, b, x):
 
 
 @njit(cache=True)
-def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq, L, cnt, r0):
+def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq, L, cnt, r0, before):
     """_Segment.search's range lookups and hit counting, compiled: per row (query rq, element re_,
     rows grouped by query) and record position j <= jmax, the key range of partner lengths lblo..lbhi;
     records hit >= min(alpha, k1 + 1) times are returned as query << 32 | record, sorted. The same
     float operations as the numpy bounds, so the ranges are the same. cnt[r - r0] counts a query's
-    hits per record (the segment's records r0..): zeros on entry, zeros again on return."""
+    hits per record (the segment's records r0..): zeros on entry, zeros again on return. Records
+    r >= before[q] are passed over (best_before: only the records before a row count)."""
     out, touched = np.empty(256, np.int64), np.empty(256, np.int64)
     n, t, nr = 0, 0, len(rq)
     while t < nr:
         q, nt = rq[t], 0
+        lim = before[q]
         while t < nr and rq[t] == q:
             s, la, p = sg[t], lam[t], -1
             for j in range(jmax[t] + 1):
@@ -133,13 +135,15 @@ def element_search(key, rid, rq, re_, sg, lam, lbmin, lbhi, jmax, k1, sigq, laq,
                 p = np.searchsorted(key, base | lo, "left") if p < 0 else _gallop(key, p, base | lo)
                 while p < len(key) and key[p] <= base | hi:
                     r = rid[p]
+                    p += 1
+                    if r >= lim:
+                        continue
                     if cnt[r - r0] == 0:
                         if nt == len(touched):
                             touched = np.concatenate((touched, np.empty(nt, np.int64)))
                         touched[nt] = r
                         nt += 1
                     cnt[r - r0] += 1
-                    p += 1
             t += 1
         m = 0
         for k in range(nt):  # keep the records hit often enough, reset the counts

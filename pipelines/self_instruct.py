@@ -2,7 +2,8 @@
 
 A round: sample 6 human + 2 machine instructions per prompt -> the model continues the list ->
 instruction filters -> ROUGE-L novelty against the pool (deterministic order) -> "is it
-classification?" -> output-first or input-first instances -> instance filters. Each round is
+classification?" (beside it, Ray tasks give kept instructions their exact novelty scores) ->
+output-first or input-first instances -> instance filters. Each round is
 committed atomically as a directory under `stages/self_instruct/`; a rerun resumes after the
 last committed round.
 
@@ -28,7 +29,7 @@ from pipelines.llm import request, sampling_json
 from pipelines.novelty import NoveltyIndex, filter_novel, kept_score_is_exact
 
 METHOD = "self_instruct"
-SCORE_BATCH = 4096  # kept rows per exact-score task: ~10 s of work at a 1M pool, vs ~1 s to load it
+SCORE_BATCH = 4096  # kept rows per exact-score task: each task loads the index (see exact_scores_async)
 
 
 def exact_scores(index: NoveltyIndex, texts: list[str], before: list[int]) -> list[tuple[float, str]]:
@@ -39,8 +40,9 @@ def exact_scores(index: NoveltyIndex, texts: list[str], before: list[int]) -> li
 
 def exact_scores_async(index: NoveltyIndex, texts: list[str], before: list[int], cpus: float = 1):
     """exact_scores beside the round's engine passes: Ray tasks over batches of SCORE_BATCH rows,
-    all reading one object-store copy of the index (flushed first, so tasks only read it); in
-    this process when Ray is not running (unit tests with a fake engine). Returns a function that
+    all reading one object-store copy of the index (its arrays are shared, read-only; its token
+    dict and texts are unpickled by each task); in this process when Ray is not running (unit
+    tests with a fake engine). Returns a function that
     waits for the scores, in order. The decisions never wait for this: its cost per row grows
     with the pool (pipelines/novelty.py), theirs does not."""
     import ray
@@ -48,7 +50,6 @@ def exact_scores_async(index: NoveltyIndex, texts: list[str], before: list[int],
     if not texts or not ray.is_initialized():
         out = exact_scores(index, texts, before)
         return lambda: out
-    index._flush()
     ref, task = ray.put(index), ray.remote(num_cpus=cpus)(exact_scores)
     refs = [task.remote(ref, texts[i:i + SCORE_BATCH], before[i:i + SCORE_BATCH])
             for i in range(0, len(texts), SCORE_BATCH)]
