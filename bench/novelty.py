@@ -63,7 +63,7 @@ from pipelines.config import GenerateConfig  # noqa: E402
 from pipelines.novelty import NoveltyIndex, filter_novel  # noqa: E402
 
 PIPELINE_EXACT = GenerateConfig().exact_novelty_scores  # the mode `seedforge run` uses by default
-_SHARED = None  # (index, texts, before) for the forked processes of parallel_pass
+_SHARED = None  # (index, texts, before, parts) for the forked processes of parallel_stream
 TARGET_SPEEDUP, SMALL_N, LARGE_N = 1000, 50000, 200000
 
 DATA = Path(os.environ.get("SELF_INSTRUCT_DATA", Path(__file__).resolve().parents[2] / "shared/data/self-instruct"))
@@ -288,11 +288,9 @@ def main():
             for name in names:
                 marginal[n, name] = secs[name][1] / (n - n // 2)
             if not a.bound_only:
-                kept = [k for k, r in enumerate(res["stream-bound"]) if r[0]]
-                t_par = parallel_pass(idx, [stream[k] for k in kept], [len(seeds) + j for j in range(len(kept))],
-                                      a.workers, res["stream-exact"], kept)
-                print(f"N={n}: the exact pass over the stream's {len(kept)} kept rows: {secs['pass'][0]:.1f}s in one "
-                      f"process, {t_par:.1f}s on {a.workers} processes (same scores)", flush=True)
+                t_par = parallel_stream(seeds, stream, a.threshold, a.rounds, a.workers, res["stream-exact"])
+                print(f"N={n}: the exact passes after the {a.rounds} rounds: {secs['pass'][0]:.1f}s in this process, "
+                      f"{t_par:.1f}s on {a.workers} forked processes (same scores)", flush=True)
             pool = list(idx._texts)
             (res_p, t_probe), reps_p = timed_probe(idx, probe, exact=False, repeat=a.repeat)
             (res_x, t_exact), reps_x = timed_probe(idx, probe, exact=True, repeat=a.repeat)
@@ -385,18 +383,31 @@ def _pass_part(k):
     return idx.best_before(texts[lo:hi], before[lo:hi])
 
 
-def parallel_pass(idx, texts, before, workers: int, expected, kept) -> float:
-    """Wall seconds of the exact pass split over `workers` forked processes (each reads the
-    index: the pipeline's Ray tasks, without Ray), pool start-up included; checks its scores."""
+def parallel_stream(seeds, stream, threshold: float, rounds: int, workers: int, expected) -> float:
+    """The stream once more, round by round, each round's exact pass split over `workers` forked
+    processes (each reads the index, as the pipeline's Ray tasks do, without Ray): the passes'
+    wall seconds, pool start-ups included. Checks the scores against `expected`."""
     global _SHARED
-    _SHARED = (idx, texts, before, workers)
-    t0 = time.perf_counter()
-    with mp.get_context("fork").Pool(workers) as pool:
-        got = [x for part in pool.map(_pass_part, range(workers)) for x in part]
-    t = time.perf_counter() - t0
+    idx, got, total = NoveltyIndex(threshold), [], 0.0
+    for s in seeds:
+        idx.add(s)
+    cuts = [len(stream) * k // rounds for k in range(rounds + 1)]
+    for k in range(rounds):
+        n0 = len(idx)
+        res = filter_novel(idx, stream[cuts[k]:cuts[k + 1]])
+        idx._flush()
+        kept = [j for j, r in enumerate(res) if r[0]]
+        _SHARED = (idx, [idx._texts[n0 + j] for j in range(len(kept))], [n0 + j for j in range(len(kept))], workers)
+        t0 = time.perf_counter()
+        with mp.get_context("fork").Pool(workers) as pool:
+            scores = [x for part in pool.map(_pass_part, range(workers)) for x in part]
+        total += time.perf_counter() - t0
+        for j, sc in zip(kept, scores):
+            res[j] = (True, *sc)
+        got += res
     _SHARED = None
-    assert got == [expected[k][1:] for k in kept], "the parallel exact pass gave other scores"
-    return t
+    assert got == expected, "the parallel exact passes gave other scores"
+    return total
 
 
 def warm_up(seeds, corpus, threshold: float):
