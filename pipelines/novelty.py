@@ -439,9 +439,9 @@ class NoveltyIndex:
 
     def best_before(self, texts: list[str], before) -> list[tuple[float, str]]:
         """Exact (max ROUGE-L F, most similar text) of each text against the pool records before
-        position before[i] ((0.0, "") when that is 0). For a kept row, its own position: the score
-        filter_novel would give it with exact scores, which its decision does not need (module doc).
-        Reads the index only, so copies of it can score batches in parallel (pipelines/self_instruct)."""
+        position before[i] ((0.0, "") when that is 0). At a kept row's own position: its exact
+        score, where filter_novel gave a lower bound (module doc). Reads the index only, so copies
+        of it can score batches in parallel (pipelines/self_instruct)."""
         if not len(texts):
             return []
         f, a = self._pool_best(self._encode(texts, grow=False), True, before=np.asarray(before, np.int64))

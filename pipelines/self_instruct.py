@@ -3,9 +3,8 @@
 A round: sample 6 human + 2 machine instructions per prompt -> the model continues the list ->
 instruction filters -> ROUGE-L novelty against the pool (deterministic order) -> "is it
 classification?" (beside it, Ray tasks give kept instructions their exact novelty scores) ->
-output-first or input-first instances -> instance filters. Each round is
-committed atomically as a directory under `stages/self_instruct/`; a rerun resumes after the
-last committed round.
+output-first or input-first instances -> instance filters. Each round is committed atomically as
+a directory under `stages/self_instruct/`; a rerun resumes after the last committed round.
 
 The novelty index always holds the seeds plus the committed pool, in commit order: every
 instruction that passes the novelty filter joins the pool, even one whose classification call
@@ -38,19 +37,19 @@ def exact_scores(index: NoveltyIndex, texts: list[str], before: list[int]) -> li
     return index.best_before(texts, before)
 
 
-def exact_scores_async(index: NoveltyIndex, texts: list[str], before: list[int], cpus: float = 1):
+def exact_scores_async(index: NoveltyIndex, texts: list[str], before: list[int]):
     """exact_scores beside the round's engine passes: Ray tasks over batches of SCORE_BATCH rows,
     all reading one object-store copy of the index (its arrays are shared, read-only; its token
-    dict and texts are unpickled by each task); in this process when Ray is not running (unit
-    tests with a fake engine). Returns a function that
-    waits for the scores, in order. The decisions never wait for this: its cost per row grows
-    with the pool (pipelines/novelty.py), theirs does not."""
+    dict and texts, ~12 MB at a 143k pool, are unpickled by each task); in this process when Ray
+    is not running (unit tests with a fake engine). Returns a function that waits for the scores,
+    in order. The decisions never wait for this: its cost per row grows with the pool
+    (pipelines/novelty.py), theirs does not."""
     import ray
 
     if not texts or not ray.is_initialized():
         out = exact_scores(index, texts, before)
         return lambda: out
-    ref, task = ray.put(index), ray.remote(num_cpus=cpus)(exact_scores)
+    ref, task = ray.put(index), ray.remote(num_cpus=1)(exact_scores)
     refs = [task.remote(ref, texts[i:i + SCORE_BATCH], before[i:i + SCORE_BATCH])
             for i in range(0, len(texts), SCORE_BATCH)]
     return lambda: [x for r in ray.get(refs) for x in r]
