@@ -1,7 +1,8 @@
 """Self-Instruct round logic against a fake engine: target limit, truncation, classification, resume,
 prompt sampling; and the vLLM engine's structured-output fallback against a fake vLLM.
 
-Fast: no Ray, no model. The fake answers each prompt kind with canned, prompt-dependent text.
+Fast: no model, and no Ray but in the exact-scores test. The fake answers each prompt kind with
+canned, prompt-dependent text.
 """
 from __future__ import annotations
 
@@ -173,14 +174,18 @@ def test_resume_after_committed_round(tmp_path):
     assert {r["id"] for r in first[0]} <= {r["id"] for r in rows}
 
 
-def test_kept_rows_get_exact_scores_past_the_freeze(tmp_path, monkeypatch):
+def test_kept_rows_get_exact_scores_past_the_freeze(tmp_path, monkeypatch, ray_session):
     """Past novelty._FREEZE the filter gives kept rows a lower bound; with exact_novelty_scores the
     round replaces it with the exact best over the pool before each row (seeds, then the pool in
-    commit order): on the instruction, its instance rows and its classify-error rejects."""
-    from pipelines import novelty
+    commit order): on the instruction, its instance rows and its classify-error rejects. On the
+    session's Ray cluster, so the round sends the rows to Ray tasks (several: SCORE_BATCH=5) as a
+    real run does; the tasks only read the index, so the driver's smaller _FREEZE is no matter."""
+    from pipelines import novelty, self_instruct
     from pipelines.rouge import rouge_l
 
     monkeypatch.setattr(novelty, "_FREEZE", 10)
+    monkeypatch.setattr(self_instruct, "SCORE_BATCH", 5)
+    assert ray_session.is_initialized()
     got = {}
     for exact in (True, False):
         si = SelfInstruct(SEEDS, Fake(classify_error="boom"), cfg(prompts_per_round=6, exact_novelty_scores=exact),
