@@ -8,17 +8,18 @@ reported; after an untimed warm-up that loads the compiled functions). "stream-b
 filter alone: the decisions, with lower-bound scores on kept rows, the sequential part of a round.
 "stream-exact", the pipeline's default (generate.exact_novelty_scores), adds after each round the
 pass that makes its kept rows' scores exact (NoveltyIndex.best_before at each row's position);
-serial here, while the pipeline runs it in Ray tasks beside the classification pass, so the pass
-over the whole stream is also timed on --workers forked processes. --bound-only skips the pass,
+serial here, while the pipeline runs it in Ray tasks beside the classification pass, so each
+round's pass is also timed on --workers forked processes. --bound-only skips the pass,
 for pools past 200k. The time per instruction over the last rounds/2 rounds ("second half") is the
 marginal cost at a pool of ~N/2..N, index upkeep (segment merges) included. Then, on the index
 with all of the stream indexed, --probe new candidates are filtered against the pool of that size
 ("probe"), and with the exact pass added ("probe-exact"), each --repeat times on fresh copies of
-the index, the median time reported (a 50k probe takes ~0.1 s, within this box's noise). The reference is Self-Instruct's loop: per candidate a
-multiprocessing Pool maps `partial(scorer.score, candidate)` over every pool instruction (+ the ones
-kept before it) and drops it if max F > 0.7. It runs on the same candidates against the same pool
-state, in full when that is estimated under 10 minutes, else on candidates spread evenly over the
-batch for --ref-budget seconds, the total extrapolated as mean time per sampled candidate x
+the index, the median time reported (a 50k probe takes ~0.1 s, within this box's noise).
+The reference is Self-Instruct's loop: per candidate a multiprocessing Pool maps
+`partial(scorer.score, candidate)` over every pool instruction (+ the ones kept before it) and
+drops it if max F > 0.7. It runs on the same candidates against the same pool state, in full when
+that is estimated under 10 minutes, else on candidates spread evenly over the batch for
+--ref-budget seconds, the total extrapolated as mean time per sampled candidate x
 candidates ("~", "sample"). Both probe rows (both stream rows) are compared with the same reference
 run. "differing decisions" must be 0; "differing rows" compares (kept, score, most similar): 0
 expected in exact mode, while lower-bound kept rows carry a lower-bound score.
@@ -60,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rouge_score import rouge_scorer  # noqa: E402
 
 from pipelines.config import GenerateConfig  # noqa: E402
-from pipelines.novelty import NoveltyIndex, filter_novel  # noqa: E402
+from pipelines.novelty import NoveltyIndex, filter_novel, with_exact_scores  # noqa: E402
 
 PIPELINE_EXACT = GenerateConfig().exact_novelty_scores  # the mode `seedforge run` uses by default
 _SHARED = None  # (index, texts, before, parts) for the forked processes of parallel_stream
@@ -327,18 +328,6 @@ def main():
     return 0 if same else 1
 
 
-def exact_pass(idx, results, n0, lo=0):
-    """results (filter_novel's, on an index of n0 records before them) with the kept rows from
-    results[lo:] given their exact scores by best_before, as the pipeline's round does."""
-    kept = [k for k, r in enumerate(results) if r[0]]
-    kept = [(k, n0 + j) for j, k in enumerate(kept) if k >= lo]
-    out = list(results)
-    exact = idx.best_before([idx._texts[p] for _, p in kept], [p for _, p in kept])
-    for (k, _), (f, sim) in zip(kept, exact):
-        out[k] = (True, f, sim)
-    return out
-
-
 def timed_stream(seeds, stream, threshold: float, repeat: int, exact: bool, rounds: int):
     """The stream filtered into a fresh index of the seeds in `rounds` equal rounds, each (exact)
     followed by the exact pass over its kept rows, as a pipeline round does; `repeat` times (a 50k
@@ -362,7 +351,7 @@ def timed_stream(seeds, stream, threshold: float, repeat: int, exact: bool, roun
             res["stream-bound"] += got
             parts = {"stream-bound": t1 - t0}
             if exact:
-                res["stream-exact"] += exact_pass(idx, got, n0)
+                res["stream-exact"] += with_exact_scores(idx, got, n0)
                 parts["pass"] = time.perf_counter() - t1
                 parts["stream-exact"] = parts["stream-bound"] + parts["pass"]
             for name, t in parts.items():
@@ -387,27 +376,27 @@ def parallel_stream(seeds, stream, threshold: float, rounds: int, workers: int, 
     """The stream once more, round by round, each round's exact pass split over `workers` forked
     processes (each reads the index, as the pipeline's Ray tasks do, without Ray): the passes'
     wall seconds, pool start-ups included. Checks the scores against `expected`."""
-    global _SHARED
-    idx, got, total = NoveltyIndex(threshold), [], 0.0
+    idx, got, secs = NoveltyIndex(threshold), [], []
     for s in seeds:
         idx.add(s)
+
+    def forked(texts, before):
+        global _SHARED
+        idx._flush()  # before the fork: the children only read the index
+        _SHARED = (idx, texts, before, workers)
+        t0 = time.perf_counter()
+        with mp.get_context("fork").Pool(workers) as pool:
+            out = [x for part in pool.map(_pass_part, range(workers)) for x in part]
+        secs.append(time.perf_counter() - t0)
+        _SHARED = None
+        return out
+
     cuts = [len(stream) * k // rounds for k in range(rounds + 1)]
     for k in range(rounds):
         n0 = len(idx)
-        res = filter_novel(idx, stream[cuts[k]:cuts[k + 1]])
-        idx._flush()
-        kept = [j for j, r in enumerate(res) if r[0]]
-        _SHARED = (idx, [idx._texts[n0 + j] for j in range(len(kept))], [n0 + j for j in range(len(kept))], workers)
-        t0 = time.perf_counter()
-        with mp.get_context("fork").Pool(workers) as pool:
-            scores = [x for part in pool.map(_pass_part, range(workers)) for x in part]
-        total += time.perf_counter() - t0
-        for j, sc in zip(kept, scores):
-            res[j] = (True, *sc)
-        got += res
-    _SHARED = None
+        got += with_exact_scores(idx, filter_novel(idx, stream[cuts[k]:cuts[k + 1]]), n0, score=forked)
     assert got == expected, "the parallel exact passes gave other scores"
-    return total
+    return sum(secs)
 
 
 def warm_up(seeds, corpus, threshold: float):
@@ -416,7 +405,7 @@ def warm_up(seeds, corpus, threshold: float):
     first stream's time."""
     small = Generator(corpus, seed=-1).make(5000)
     idx = NoveltyIndex(threshold)
-    exact_pass(idx, filter_novel(idx, seeds + small), 0)
+    with_exact_scores(idx, filter_novel(idx, seeds + small), 0)
 
 
 def timed_probe(idx, probe, exact: bool, repeat: int):
@@ -431,7 +420,7 @@ def timed_probe(idx, probe, exact: bool, repeat: int):
         n0 = len(c)
         res = filter_novel(c, probe)
         if exact:
-            res = exact_pass(c, res, n0)
+            res = with_exact_scores(c, res, n0)
         runs.append((res, time.perf_counter() - t0))
     assert all(r == runs[0][0] for r, _ in runs), "repeats of one probe gave different results"
     secs = sorted(t for _, t in runs)

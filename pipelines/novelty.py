@@ -47,7 +47,7 @@ from pipelines.lcs_jit import best_of, lcs_pairs
 from pipelines.novelty_jit import directory, element_search, merge_sorted, merge_sorted3, pair_search, signatures
 from pipelines.rouge import fmeasure_vec, rouge_l, tokenize
 
-__all__ = ["NoveltyIndex", "filter_novel", "kept_score_is_exact", "rouge_l"]
+__all__ = ["NoveltyIndex", "filter_novel", "kept_score_is_exact", "rouge_l", "with_exact_scores"]
 
 _EPS = 1e-9
 _LADDER = (0.5, 0.3, 0.15, 0.0)  # exact search: bounds tried when nothing was found
@@ -446,6 +446,18 @@ class NoveltyIndex:
             return []
         f, a = self._pool_best(self._encode(texts, grow=False), True, before=np.asarray(before, np.int64))
         return [(float(x), self._texts[k] if k >= 0 else "") for x, k in zip(f.tolist(), a.tolist())]
+
+
+def with_exact_scores(index: NoveltyIndex, results: list, n0: int, score=None) -> list:
+    """filter_novel's results (on an index that held n0 records before them) with every kept row's
+    score and most similar text made exact: best_before at the row's own position, n0 + its rank
+    among the kept (score: a stand-in for index.best_before, e.g. one run in other processes)."""
+    kept = [k for k, r in enumerate(results) if r and r[0]]
+    pos = [n0 + j for j in range(len(kept))]
+    out = list(results)
+    for k, (f, sim) in zip(kept, (score or index.best_before)([index._texts[p] for p in pos], pos)):
+        out[k] = (True, f, sim)
+    return out
 
 
 def kept_score_is_exact(position: int) -> bool:

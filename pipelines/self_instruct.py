@@ -31,25 +31,20 @@ METHOD = "self_instruct"
 SCORE_BATCH = 4096  # kept rows per exact-score task: each task loads the index (see exact_scores_async)
 
 
-def exact_scores(index: NoveltyIndex, texts: list[str], before: list[int]) -> list[tuple[float, str]]:
-    """The exact (ROUGE-L, most similar) of kept instructions against the pool before each
-    (NoveltyIndex.best_before). A plain function: Ray runs it as a task (below)."""
-    return index.best_before(texts, before)
-
-
 def exact_scores_async(index: NoveltyIndex, texts: list[str], before: list[int]):
-    """exact_scores beside the round's engine passes: Ray tasks over batches of SCORE_BATCH rows,
-    all reading one object-store copy of the index (its arrays are shared, read-only; its token
-    dict and texts, ~12 MB at a 143k pool, are unpickled by each task); in this process when Ray
-    is not running (unit tests with a fake engine). Returns a function that waits for the scores,
-    in order. The decisions never wait for this: its cost per row grows with the pool
-    (pipelines/novelty.py), theirs does not."""
+    """The exact (ROUGE-L, most similar) of kept instructions against the pool before each
+    (NoveltyIndex.best_before), beside the round's engine passes: Ray tasks over batches of
+    SCORE_BATCH rows, all reading one object-store copy of the index (its arrays are shared,
+    read-only; its token dict and texts, ~12 MB at a 143k pool, are unpickled by each task); in
+    this process when Ray is not running (unit tests with a fake engine). Returns a function that
+    waits for the scores, in order. The decisions never wait for this: its cost per row grows with
+    the pool (pipelines/novelty.py), theirs does not."""
     import ray
 
     if not texts or not ray.is_initialized():
-        out = exact_scores(index, texts, before)
+        out = index.best_before(texts, before)
         return lambda: out
-    ref, task = ray.put(index), ray.remote(num_cpus=1)(exact_scores)
+    ref, task = ray.put(index), ray.remote(num_cpus=1)(NoveltyIndex.best_before)
     refs = [task.remote(ref, texts[i:i + SCORE_BATCH], before[i:i + SCORE_BATCH])
             for i in range(0, len(texts), SCORE_BATCH)]
     return lambda: [x for r in ray.get(refs) for x in r]

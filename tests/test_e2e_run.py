@@ -2,8 +2,8 @@
 
 One small `seedforge run` (the demo config, scaled down, on the original Self-Instruct seed file
 of 175 tasks; kept instructions scored by the novelty filter's Ray tasks, see demo_run) feeds
-every assertion here. Tests read the seed file from the run's manifest, so
-they check against the seeds the run actually used.
+every assertion here. Tests read the seed file from the run's manifest, so they check against
+the seeds the run actually used.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rouge_score import rouge_scorer  # noqa: E402
 
 from pipelines import novelty  # noqa: E402
-from pipelines.novelty import NoveltyIndex, filter_novel, rouge_l  # noqa: E402
+from pipelines.novelty import NoveltyIndex, filter_novel, rouge_l, with_exact_scores  # noqa: E402
 from pipelines.rouge import tokenize  # noqa: E402
 from rouge_score.tokenize import tokenize as ref_tokenize  # noqa: E402
 
@@ -146,17 +146,6 @@ def test_best_equals_exhaustive_while_pool_grows(freeze, monkeypatch):
     assert idx._frozen == (freeze < len(pool))
 
 
-def exact_kept(idx, n0, got):
-    """got (filter_novel's results on an index of n0 records) with every kept row's score and
-    most similar text from best_before at the row's own position: the pipeline's exact scores."""
-    kept = [k for k, g in enumerate(got) if g and g[0]]
-    exact = idx.best_before([idx._texts[n0 + j] for j in range(len(kept))], [n0 + j for j in range(len(kept))])
-    out = list(got)
-    for k, (f, sim) in zip(kept, exact):
-        out[k] = (True, f, sim)
-    return out
-
-
 def check_against_brute_force(got, expected, cands, exact):
     """Decisions always equal; scores equal where exact (and for every dropped row); otherwise a
     kept row's score is a real score of its most similar text and <= the exact best."""
@@ -190,7 +179,7 @@ def test_filter_novel_equals_brute_force(thr, exact, monkeypatch):
             idx.add(p)
         results.append(filter_novel(idx, cands))
         if exact:
-            results[-1] = exact_kept(idx, len(pool), results[-1])
+            results[-1] = with_exact_scores(idx, results[-1], len(pool))
         check_against_brute_force(results[-1], expected, cands, exact)
         assert len(idx) == len(pool) + kept
         assert not any(s.cnt.any() for s in idx._segs)  # element_search's counts reset for the next query
@@ -233,7 +222,7 @@ def test_extreme_thresholds(thr, monkeypatch):
         for p in pool:
             idx.add(p)
         got = filter_novel(idx, cands)
-        check_against_brute_force(exact_kept(idx, len(pool), got) if exact else got, expected, cands, exact)
+        check_against_brute_force(with_exact_scores(idx, got, len(pool)) if exact else got, expected, cands, exact)
 
 
 @pytest.mark.parametrize("freeze", [10**9, 30])
