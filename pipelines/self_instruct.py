@@ -35,10 +35,10 @@ def exact_scores_async(index: NoveltyIndex, texts: list[str], before: list[int])
     """The exact (ROUGE-L, most similar) of kept instructions against the pool before each
     (NoveltyIndex.best_before), beside the round's engine passes: Ray tasks over batches of
     SCORE_BATCH rows, all reading one object-store copy of the index (its arrays are shared,
-    read-only; its token dict and texts, ~12 MB at a 143k pool, are unpickled by each task); in
-    this process when Ray is not running (unit tests with a fake engine). Returns a function that
-    waits for the scores, in order. The decisions never wait for this: its cost per row grows with
-    the pool (pipelines/novelty.py), theirs does not."""
+    read-only; its token dict and texts are unpickled by each task); in this process when Ray is
+    not running (unit tests with a fake engine). Returns a function that waits for the scores, in
+    order. The decisions never wait for this: its cost per row grows with the pool
+    (pipelines/novelty.py), theirs does not."""
     import ray
 
     if not texts or not ray.is_initialized():
